@@ -1,0 +1,232 @@
+"""Save, validate and load a model bundle: ``model.json`` (description) and ``model.pt`` (weights).
+
+Loading needs torch, numpy and pandas only: no Optuna and no training code. The weights
+file holds a plain ``state_dict`` and is read with ``weights_only=True``, after its SHA-256
+has been checked against the one recorded in ``model.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from hpo.exceptions import BundleError
+from hpo.model import ACTIVATION_LAYERS, build_mlp
+from hpo.preprocess import Preprocessing, apply_preprocessing
+
+_logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "hpo-model"
+BUNDLE_VERSION = 1
+JSON_NAME = "model.json"
+WEIGHTS_NAME = "model.pt"
+# Bounds checked before any tensor is allocated, so a crafted description cannot ask for
+# a huge network.
+MAX_LAYERS = 64
+MAX_WIDTH = 65_536
+MAX_INPUTS = 1_000_000
+MAX_CLASSES = 100_000
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network ready for inference, with the preprocessing and labels it was trained with."""
+
+    network: nn.Sequential
+    description: dict[str, Any]
+    preprocessing: Preprocessing
+
+    @property
+    def classes(self) -> list[Any]:
+        """Class labels, in the order of the network's outputs."""
+        return list(self.description["classes"])
+
+    @property
+    def target(self) -> str:
+        """Name of the target column the model predicts."""
+        return str(self.description["target"])
+
+    def predict_proba(self, frame: pd.DataFrame, *, source: str = "the data") -> np.ndarray:
+        """Return class probabilities, shape (rows, classes), for the rows of ``frame``."""
+        x = torch.as_tensor(apply_preprocessing(self.preprocessing, frame, source=source))
+        self.network.eval()
+        with torch.inference_mode():
+            return torch.softmax(self.network(x), dim=1).numpy()
+
+    def predict(self, frame: pd.DataFrame, *, source: str = "the data") -> pd.DataFrame:
+        """Return a frame with the predicted label and one ``proba_<label>`` column per class."""
+        proba = self.predict_proba(frame, source=source)
+        labels = np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)]
+        result = pd.DataFrame({"prediction": labels}, index=frame.index)
+        for i, label in enumerate(self.classes):
+            result[f"proba_{label}"] = proba[:, i]
+        return result
+
+
+def save_bundle(out_dir: str | Path, network: nn.Module, description: dict[str, Any]) -> Path:
+    """Write ``model.pt`` and ``model.json`` into ``out_dir`` and return the folder.
+
+    Both files are written to temporary names first and then renamed, so an
+    interrupted save never leaves a half-written bundle under the final names.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    state = {key: tensor.detach().cpu().contiguous() for key, tensor in network.state_dict().items()}
+
+    weights_tmp = _temp_path(out, WEIGHTS_NAME)
+    torch.save(state, weights_tmp)
+    full = {
+        **description,
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(weights_tmp)},
+    }
+    validate_description(full)
+    json_tmp = _temp_path(out, JSON_NAME)
+    json_tmp.write_text(json.dumps(full, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+    os.replace(weights_tmp, out / WEIGHTS_NAME)
+    os.replace(json_tmp, out / JSON_NAME)
+    _logger.info("Saved model bundle to %s.", out)
+    return out
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load a bundle folder (or its ``model.json``) for inference.
+
+    Raises:
+        BundleError: When a file is missing, the description is invalid, the weights do not
+            match their recorded SHA-256, cannot be read as plain tensors, or do not fit
+            the described architecture.
+    """
+    folder = Path(path).expanduser().resolve()
+    if folder.name == JSON_NAME:
+        folder = folder.parent
+    json_path = folder / JSON_NAME
+    if not json_path.is_file():
+        raise BundleError(f"model description not found: {json_path}. Point --model at the folder written by 'hpo finalize'.")
+    try:
+        description = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"model description {json_path} is not valid JSON: {err}.") from err
+    validate_description(description, origin=str(json_path))
+    preprocessing = Preprocessing.from_dict(description["preprocessing"])
+
+    weights_path = folder / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise BundleError(f"model weights not found: {weights_path}.")
+    actual = _sha256(weights_path)
+    if actual != description["weights"]["sha256"]:
+        raise BundleError(f"model weights {weights_path} do not match the SHA-256 in {json_path}; the file was changed or damaged.")
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError and others
+        raise BundleError(f"cannot read model weights {weights_path} as plain tensors: {type(err).__name__}.") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BundleError(f"model weights {weights_path} are not a state_dict of tensors.")
+
+    network = build_mlp(description["architecture"])
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise BundleError(f"model weights {weights_path} do not fit the architecture in {json_path}: {first_line}") from err
+    network.eval()
+    return LoadedModel(network=network, description=description, preprocessing=preprocessing)
+
+
+def validate_description(description: Any, *, origin: str = "model description") -> None:
+    """Check the structure and bounds of a bundle description.
+
+    Raises:
+        BundleError: Listing every problem found.
+    """
+    errors: list[str] = []
+    if not isinstance(description, dict):
+        raise BundleError(f"{origin}: expected a JSON object.")
+    if description.get("format") != BUNDLE_FORMAT:
+        errors.append(f"format must be {BUNDLE_FORMAT!r}")
+    if description.get("format_version") != BUNDLE_VERSION:
+        errors.append(f"format_version must be {BUNDLE_VERSION}; got {description.get('format_version')!r}")
+
+    arch = description.get("architecture")
+    if not isinstance(arch, dict):
+        errors.append("architecture must be an object")
+    else:
+        errors.extend(_architecture_errors(arch))
+
+    classes = description.get("classes")
+    if not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES:
+        errors.append("classes must be a list of 2 or more labels")
+    elif isinstance(arch, dict) and arch.get("n_outputs") != len(classes):
+        errors.append(f"architecture.n_outputs ({arch.get('n_outputs')}) must equal the number of classes ({len(classes)})")
+
+    prep = description.get("preprocessing")
+    if not isinstance(prep, dict):
+        errors.append("preprocessing must be an object")
+    elif isinstance(arch, dict) and not errors:
+        try:
+            n_encoded = Preprocessing.from_dict(prep).n_inputs
+        except Exception as err:  # from_dict reports its own field errors
+            errors.append(str(err))
+        else:
+            if n_encoded != arch.get("n_inputs"):
+                errors.append(f"preprocessing yields {n_encoded} inputs but architecture.n_inputs is {arch.get('n_inputs')}")
+
+    weights = description.get("weights")
+    if not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str) or len(weights["sha256"]) != 64:
+        errors.append("weights.sha256 must be a 64-character hex digest")
+    if not isinstance(description.get("target"), str):
+        errors.append("target must be a string")
+
+    if errors:
+        raise BundleError(f"{origin} is invalid: " + "; ".join(errors) + ".")
+
+
+def _architecture_errors(arch: dict[str, Any]) -> list[str]:
+    errors = []
+    hidden = arch.get("hidden")
+    if not isinstance(hidden, list) or len(hidden) > MAX_LAYERS:
+        errors.append(f"architecture.hidden must be a list of at most {MAX_LAYERS} widths")
+    elif not all(_is_int_in(w, 1, MAX_WIDTH) for w in hidden):
+        errors.append(f"architecture.hidden widths must be integers in 1..{MAX_WIDTH}")
+    if not _is_int_in(arch.get("n_inputs"), 1, MAX_INPUTS):
+        errors.append(f"architecture.n_inputs must be an integer in 1..{MAX_INPUTS}")
+    if not _is_int_in(arch.get("n_outputs"), 2, MAX_CLASSES):
+        errors.append(f"architecture.n_outputs must be an integer in 2..{MAX_CLASSES}")
+    if arch.get("activation") not in ACTIVATION_LAYERS:
+        errors.append(f"architecture.activation must be one of {', '.join(ACTIVATION_LAYERS)}")
+    dropout = arch.get("dropout")
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not (math.isfinite(dropout) and 0 <= dropout < 1):
+        errors.append("architecture.dropout must be a number in [0, 1)")
+    return errors
+
+
+def _is_int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _temp_path(folder: Path, name: str) -> Path:
+    handle, temp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+    os.close(handle)
+    return Path(temp)

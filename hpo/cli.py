@@ -1,0 +1,184 @@
+"""Command-line interface: parse arguments, call the Python API, map errors to exit codes.
+
+Exit codes: 0 success, 1 a study or storage problem, 2 bad input or usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from hpo import __version__
+from hpo.exceptions import HpoError, InputError
+
+_logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+_CONFIG_TABLES = ("optimize", "space")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``hpo`` command and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.handler(args))
+    except HpoError as err:
+        if args.debug:
+            _logger.exception("hpo failed")
+        print(f"hpo: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("hpo: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with one subcommand per operation."""
+    parser = argparse.ArgumentParser(prog="hpo", description="Hyperparameter optimization of PyTorch MLPs on tabular data.")
+    parser.add_argument("--version", action="version", version=f"hpo {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    common.add_argument("-v", "--verbose", action="store_true", help="log per-epoch details (DEBUG level)")
+    common.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_optimize(sub.add_parser("optimize", parents=[common], help="run trials on a new or existing study", description="Run trials on a new or existing study."))
+    _add_finalize(sub.add_parser("finalize", parents=[common], help="retrain the best trial and save the model", description="Retrain the best trial on train+validation, test it once and save the bundle."))
+    _add_predict(sub.add_parser("predict", parents=[common], help="predict a table with a saved model", description="Predict a CSV or Parquet file with a saved bundle."))
+    return parser
+
+
+def _add_optimize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="CSV/Parquet file or built-in set (synthetic, iris, wine, breast_cancer, digits); default: synthetic, or the stored data of an existing --study")
+    p.add_argument("--target", help="target column to predict (required for files)")
+    p.add_argument("--ignore-columns", type=_comma_list, help="comma-separated columns to drop, e.g. id,timestamp")
+    p.add_argument("--study", dest="study_name", help="study name (letters, digits, _ . -); default: the data set name or file stem")
+    p.add_argument("--storage", help="Optuna storage URL; default: sqlite:///study_db/<study>.db")
+    p.add_argument("--n-trials", type=int, help="trials to add in this run (default: 20)")
+    p.add_argument("--timeout", type=float, help="seconds after which no new trial starts (default: no limit)")
+    p.add_argument("--seed", type=int, help="seed of the sampler, the split and each trial (default: 0)")
+    p.add_argument("--pruner", choices=("median", "successive-halving", "hyperband", "none"), help="pruner (default: median)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto, CUDA when present)")
+    p.add_argument("--config", help="TOML file with [optimize] options and [space] ranges; flags override it")
+    p.add_argument("--space", action="append", default=[], metavar="KEY=VALUE", help="override one search-space entry, VALUE in TOML syntax, e.g. n_layers=[1,3] or activation=\"relu\"; repeatable")
+    p.add_argument("--max-epochs", type=int, help="maximum epochs per trial (default: 30)")
+    p.set_defaults(handler=_run_optimize)
+
+
+def _add_finalize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", dest="study_name", required=True, help="study to finalize")
+    p.add_argument("--storage", help="Optuna storage URL; default: sqlite:///study_db/<study>.db")
+    p.add_argument("--out", required=True, help="folder for model.json and model.pt, e.g. models/ocean")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.set_defaults(handler=_run_finalize)
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="bundle folder written by 'hpo finalize'")
+    p.add_argument("--data", required=True, help="CSV or Parquet file with the feature columns")
+    p.add_argument("--output", help="CSV file for the predictions; default: write CSV to stdout")
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_optimize(args: argparse.Namespace) -> int:
+    from hpo.space import SearchSpace, load_space_file, parse_override
+    from hpo.study import optimize
+
+    options, space_values = _read_config(args.config, load_space_file)
+    for name in ("data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "device"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    for text in args.space:
+        key, value = parse_override(text)
+        space_values[key] = value
+    if args.max_epochs is not None:
+        space_values["max_epochs"] = args.max_epochs
+
+    space = SearchSpace.from_dict(space_values, origin=args.config or "--space") if space_values else None
+    show_bar = not args.quiet and sys.stderr.isatty()
+    study = optimize(space=space, show_progress_bar=show_bar, **options)
+    _print_study_summary(study)
+    return EXIT_OK
+
+
+def _run_finalize(args: argparse.Namespace) -> int:
+    from hpo.finalizer import finalize
+
+    result = finalize(args.study_name, args.out, storage=args.storage, device=args.device)
+    test = result.test_metrics
+    print(f"Final model from trial {result.trial_number}: validation accuracy {result.validation_accuracy:.5f}, test accuracy {test['accuracy']:.5f} on {test['n_rows']} rows.")
+    print(f"Saved to {result.out_dir}")
+    return EXIT_OK
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from hpo.predict import predict_file
+
+    result = predict_file(args.model, args.data, args.output)
+    if args.output is None:
+        result.predictions.to_csv(sys.stdout, index=False)
+    if result.accuracy is not None:
+        print(f"accuracy {result.accuracy:.5f} on {result.n_scored} rows", file=sys.stderr if args.output is None else sys.stdout)
+    return EXIT_OK
+
+
+def _read_config(path: str | None, loader: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    if path is None:
+        return {}, {}
+    document = loader(path)
+    unknown_tables = sorted(set(document) - set(_CONFIG_TABLES))
+    if unknown_tables:
+        raise InputError(f"unknown table(s) {', '.join(unknown_tables)} in config file {path}; use [optimize] and [space].")
+    options = dict(document.get("optimize", {}))
+    allowed = {"data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "device"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise InputError(f"unknown key(s) {', '.join(unknown)} in [optimize] of config file {path}; known keys are: {', '.join(sorted(allowed))}.")
+    return options, dict(document.get("space", {}))
+
+
+def _print_study_summary(study: Any) -> None:
+    import optuna
+
+    from hpo.storage import mask_password
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    counts = {state.name.lower(): states.count(state) for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
+    url = mask_password(study._storage._backend.url if hasattr(study._storage, "_backend") else study._storage.url)
+    print(f"Study {study.study_name!r} in {url}: {len(states)} trials ({counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed).")
+    try:
+        best = study.best_trial
+    except ValueError:
+        print("No trial completed yet.")
+        return
+    print(f"Best trial {best.number}: validation accuracy {best.value:.5f}")
+    for key, value in best.user_attrs.get("config", {}).items():
+        print(f"  {key} = {value}")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    import optuna
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("hpo")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # hpo logs each trial itself; Optuna's own per-trial lines would repeat them.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -1,0 +1,206 @@
+"""Train and evaluate one network on tensors that stay on one device.
+
+The engine knows nothing of Optuna: callers pass a callback that runs after every epoch
+and may raise (for instance ``optuna.TrialPruned``) to stop training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpo.space import TrialConfig
+
+_logger = logging.getLogger(__name__)
+
+EpochCallback = Callable[["EpochStats"], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"non-finite loss at epoch {epoch}")
+        self.epoch = epoch
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """Feature matrices (float32) and class indices (int64) resident on one device.
+
+    The validation part is absent when training a final model on train+validation.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor | None
+    y_val: torch.Tensor | None
+    n_classes: int
+
+    @property
+    def device(self) -> torch.device:
+        """Device that holds the tensors."""
+        return self.x_train.device
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_val: np.ndarray | None,
+        y_val: np.ndarray | None,
+        *,
+        n_classes: int,
+        device: torch.device,
+    ) -> DeviceData:
+        """Copy numpy arrays to ``device`` once, so no batch is copied during training."""
+
+        def put(array: np.ndarray | None, dtype: torch.dtype) -> torch.Tensor | None:
+            return None if array is None else torch.as_tensor(array, dtype=dtype).to(device)
+
+        return cls(
+            x_train=put(x_train, torch.float32),
+            y_train=put(y_train, torch.int64),
+            x_val=put(x_val, torch.float32),
+            y_val=put(y_val, torch.int64),
+            n_classes=n_classes,
+        )
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch produced. ``epoch`` counts from 0 and is the pruning step."""
+
+    epoch: int
+    train_loss: float
+    val_accuracy: float | None
+    val_loss: float | None
+
+
+@dataclass
+class TrainResult:
+    """Learning curves and the best validation epoch of one training run."""
+
+    train_losses: list[float] = field(default_factory=list)
+    val_accuracies: list[float] = field(default_factory=list)
+    best_accuracy: float | None = None
+    best_epoch: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def epochs_run(self) -> int:
+        """Number of epochs trained."""
+        return len(self.train_losses)
+
+
+def make_optimizer(model: nn.Module, config: TrialConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Create the configured optimizer, fused into one kernel per step where torch supports it."""
+    params = list(model.parameters())
+    kwargs: dict[str, object] = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if config.optimizer == "sgd":
+        kwargs["momentum"] = config.momentum
+    classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    optimizer_class = classes[config.optimizer]
+
+    if device.type in ("cpu", "cuda"):
+        try:
+            return optimizer_class(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError) as err:
+            # Older torch builds lack fused kernels for some devices; the loop form is correct too.
+            _logger.debug("Fused %s unavailable on %s (%s); using the default form.", config.optimizer, device, err)
+    return optimizer_class(params, **kwargs)
+
+
+def train(
+    model: nn.Module,
+    config: TrialConfig,
+    data: DeviceData,
+    *,
+    seed: int,
+    n_epochs: int | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train ``model`` with mini-batches drawn by a seeded permutation of row indices.
+
+    Args:
+        model: The network, already on ``data.device``.
+        config: Optimizer, learning rate, batch size, epoch budget and patience.
+        data: Tensors on the device. Without a validation part, no early stopping happens.
+        seed: Seed of the batch order (weights are initialized by the caller).
+        n_epochs: Exact number of epochs, overriding ``config.max_epochs`` and patience.
+        on_epoch: Called after each epoch; an exception it raises ends training.
+
+    Returns:
+        The learning curves, the best validation accuracy and its epoch.
+
+    Raises:
+        NonFiniteLossError: When an epoch's mean training loss is NaN or infinite.
+    """
+    started = time.perf_counter()
+    optimizer = make_optimizer(model, config, data.device)
+    loss_fn = nn.CrossEntropyLoss()
+    # The permutation is drawn on the CPU, so the batch order is the same on every device.
+    generator = torch.Generator().manual_seed(seed)
+    n_rows = data.x_train.shape[0]
+    budget = n_epochs if n_epochs is not None else config.max_epochs
+    result = TrainResult()
+
+    for epoch in range(budget):
+        model.train()
+        order = torch.randperm(n_rows, generator=generator).to(data.device)
+        total_loss = torch.zeros((), device=data.device)
+        for start in range(0, n_rows, config.batch_size):
+            index = order[start : start + config.batch_size]
+            logits = model(data.x_train[index])
+            loss = loss_fn(logits, data.y_train[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.detach() * index.numel()
+
+        # One host sync per epoch: the loss stays on the device until here.
+        train_loss = float(total_loss) / n_rows
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(epoch)
+        result.train_losses.append(train_loss)
+
+        accuracy, val_loss = evaluate(model, data.x_val, data.y_val) if data.x_val is not None else (None, None)
+        if accuracy is not None:
+            result.val_accuracies.append(accuracy)
+            if result.best_accuracy is None or accuracy > result.best_accuracy:
+                result.best_accuracy, result.best_epoch = accuracy, epoch
+        _logger.debug("epoch %d: train_loss=%.5f val_accuracy=%s", epoch, train_loss, accuracy)
+
+        result.seconds = time.perf_counter() - started
+        if on_epoch is not None:
+            on_epoch(EpochStats(epoch=epoch, train_loss=train_loss, val_accuracy=accuracy, val_loss=val_loss))
+        if n_epochs is None and result.best_epoch is not None and epoch - result.best_epoch >= config.patience:
+            _logger.debug("Stopping early at epoch %d: no better validation accuracy for %d epochs.", epoch, config.patience)
+            break
+
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run the network in evaluation mode in one pass, without autograd."""
+    model.eval()
+    with torch.inference_mode():
+        return model(x)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[float, float]:
+    """Return accuracy and mean cross-entropy of ``model`` on ``x``, ``y``."""
+    if x is None or y is None:
+        raise ValueError("evaluate needs both features and labels")
+    logits = predict_logits(model, x)
+    accuracy = (logits.argmax(dim=1) == y).float().mean()
+    loss = nn.functional.cross_entropy(logits, y)
+    return float(accuracy), float(loss)

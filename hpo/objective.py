@@ -1,0 +1,105 @@
+"""Glue between an Optuna trial and the engine: suggestions in; reports, pruning and attributes out."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.device import describe_device, free_device_memory
+from hpo.engine import DeviceData, EpochStats, NonFiniteLossError, train
+from hpo.model import build_mlp, count_parameters
+from hpo.space import SearchSpace, TrialConfig, suggest_config
+
+_logger = logging.getLogger(__name__)
+
+# Trial user attribute that explains why a trial failed or was pruned.
+REASON_ATTR = "reason"
+_MAX_REASON_CHARS = 300
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """Derive a trial's seed from the study seed and the trial number, stable across workers."""
+    return (study_seed * 1_000_003 + trial_number) % (2**31 - 1)
+
+
+def architecture(config: TrialConfig, n_inputs: int, n_outputs: int) -> dict[str, Any]:
+    """Return the architecture description that ``hpo.model.build_mlp`` takes."""
+    return {
+        "n_inputs": n_inputs,
+        "hidden": list(config.hidden),
+        "activation": config.activation,
+        "dropout": config.dropout,
+        "n_outputs": n_outputs,
+    }
+
+
+class Objective:
+    """Train one network per trial and return its best validation accuracy.
+
+    Each trial reports validation accuracy after every epoch (step = epoch index), is
+    pruned when the pruner says so, and stores as user attributes: ``seed``, ``n_params``,
+    ``epochs_run``, ``best_epoch``, ``train_seconds``, ``device``, ``config`` (the full
+    trial config) and ``train_loss`` (the per-epoch training loss curve). A trial that
+    fails or is pruned also stores a short ``reason``.
+    """
+
+    def __init__(self, space: SearchSpace, data: DeviceData, *, seed: int) -> None:
+        self.space = space
+        self.data = data
+        self.seed = seed
+        self.device_name = describe_device(data.device)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = suggest_config(trial, self.space)
+        seed = trial_seed(self.seed, trial.number)
+        torch.manual_seed(seed)
+        model = build_mlp(architecture(config, self.data.x_train.shape[1], self.data.n_classes)).to(self.data.device)
+
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("n_params", count_parameters(model))
+        trial.set_user_attr("device", self.device_name)
+        trial.set_user_attr("config", config.to_dict())
+        curve: list[float] = []
+
+        def on_epoch(stats: EpochStats) -> None:
+            curve.append(round(stats.train_loss, 6))
+            assert stats.val_accuracy is not None
+            trial.report(stats.val_accuracy, stats.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {stats.epoch} with validation accuracy {stats.val_accuracy:.4f}")
+
+        try:
+            result = train(model, config, self.data, seed=seed, on_epoch=on_epoch)
+        except optuna.TrialPruned as err:
+            self._finish_attrs(trial, curve)
+            trial.set_user_attr(REASON_ATTR, str(err))
+            raise
+        except NonFiniteLossError as err:
+            self._finish_attrs(trial, curve)
+            trial.set_user_attr(REASON_ATTR, str(err))
+            raise
+        except torch.OutOfMemoryError as err:
+            self._finish_attrs(trial, curve)
+            trial.set_user_attr(REASON_ATTR, f"out of memory at batch size {config.batch_size}")
+            raise RuntimeError(f"out of memory at batch size {config.batch_size}") from err
+        except Exception as err:
+            self._finish_attrs(trial, curve)
+            trial.set_user_attr(REASON_ATTR, f"{type(err).__name__}: {err}"[:_MAX_REASON_CHARS])
+            raise
+        finally:
+            del model
+            free_device_memory(self.data.device)
+
+        assert result.best_accuracy is not None and result.best_epoch is not None
+        self._finish_attrs(trial, curve)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        return result.best_accuracy
+
+    @staticmethod
+    def _finish_attrs(trial: optuna.Trial, curve: list[float]) -> None:
+        trial.set_user_attr("epochs_run", len(curve))
+        trial.set_user_attr("train_loss", curve)

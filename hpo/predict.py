@@ -1,0 +1,62 @@
+"""Apply a saved bundle to a table: the ``hpo predict`` operation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hpo.bundle import LoadedModel, load_model
+from hpo.data import encode_labels, read_frame
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """Predictions for every row, and the accuracy when the table has the target column."""
+
+    predictions: pd.DataFrame
+    accuracy: float | None
+    n_scored: int
+
+
+def predict_frame(model: LoadedModel, frame: pd.DataFrame, *, source: str = "the data") -> PredictResult:
+    """Predict every row of ``frame``; score against the target column when it is present.
+
+    Rows whose target is missing, or holds a label the model never saw, are not scored.
+    """
+    predictions = model.predict(frame, source=source)
+    if model.target not in frame.columns:
+        return PredictResult(predictions=predictions, accuracy=None, n_scored=0)
+
+    truth = encode_labels(frame[model.target], tuple(model.classes))
+    known = truth >= 0
+    if not known.any():
+        _logger.warning("Target column %r in %s holds no label the model knows; accuracy is not computed.", model.target, source)
+        return PredictResult(predictions=predictions, accuracy=None, n_scored=0)
+    predicted = np.argmax(predictions[[f"proba_{c}" for c in model.classes]].to_numpy(), axis=1)
+    accuracy = float((predicted[known] == truth[known]).mean())
+    return PredictResult(predictions=predictions, accuracy=accuracy, n_scored=int(known.sum()))
+
+
+def predict_file(model_dir: str | Path, data: str | Path, output: str | Path | None = None) -> PredictResult:
+    """Load a bundle, predict a CSV/Parquet file, and write the predictions as CSV when ``output`` is set.
+
+    Raises:
+        BundleError: When the bundle cannot be loaded.
+        InputError: When the data file is unusable or lacks a feature column.
+    """
+    model = load_model(model_dir)
+    path = Path(data).expanduser().resolve()
+    frame = read_frame(path)
+    result = predict_frame(model, frame, source=str(path))
+    if output is not None:
+        out = Path(output).expanduser().resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.predictions.to_csv(out, index=False)
+        _logger.info("Wrote %d predictions to %s.", len(result.predictions), out)
+    return result

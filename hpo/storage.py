@@ -1,0 +1,158 @@
+"""Storage URLs, study creation and loading: the only module that builds an Optuna storage."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from hpo.exceptions import InputError, StorageError, StudyError
+
+_logger = logging.getLogger(__name__)
+
+STUDY_DIR_ENV = "HPO_STUDY_DIR"
+DEFAULT_STUDY_DIR = "study_db"
+SETTINGS_ATTR = "hpo_settings"
+ARTIFACTS_ATTR = "hpo_artifact_dir"
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# Seconds a SQLite connection waits for another writer's lock before it reports "database is locked".
+_SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def validate_study_name(name: str) -> str:
+    """Return ``name`` if it is a plain name (letters, digits, ``_``, ``.``, ``-``; at most 100).
+
+    Raises:
+        InputError: For any other name, since it becomes part of a file name.
+    """
+    if not _STUDY_NAME.match(name) or name in (".", ".."):
+        raise InputError(
+            f"invalid study name {name!r}; use letters, digits, '_', '.' or '-' (at most 100, "
+            "starting with a letter or digit)."
+        )
+    return name
+
+
+def study_dir() -> Path:
+    """Folder of the default SQLite files: ``$HPO_STUDY_DIR`` or ``./study_db``, as an absolute path."""
+    return Path(os.environ.get(STUDY_DIR_ENV, DEFAULT_STUDY_DIR)).expanduser().resolve()
+
+
+def default_storage_url(study_name: str) -> str:
+    """Return the SQLite URL of a study's default file, ``study_db/<study>.db``."""
+    return f"sqlite:///{study_dir() / f'{study_name}.db'}"
+
+
+def resolve_storage_url(url: str | None, study_name: str) -> str:
+    """Return ``url``, or the study's default SQLite URL when ``url`` is None.
+
+    A relative SQLite path is made absolute against the current folder, so that the
+    URL printed and stored names one file whatever folder a later command runs in.
+
+    Raises:
+        InputError: When the URL cannot be parsed.
+    """
+    if url is None:
+        return default_storage_url(study_name)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as err:
+        raise InputError(f"invalid storage URL {mask_password(url)!r}; expected e.g. sqlite:///path/to/file.db or postgresql://user@host/db.") from err
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        absolute = Path(parsed.database).expanduser().resolve()
+        return parsed.set(database=str(absolute)).render_as_string(hide_password=False)
+    return url
+
+
+def mask_password(url: str) -> str:
+    """Return ``url`` with its password replaced by ``***``, for logs and messages."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    if parsed.password is None:
+        return url
+    return parsed.set(password="***").render_as_string(hide_password=False)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """Return the file of a SQLite URL, or None for other storages."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def open_storage(url: str, *, create: bool) -> optuna.storages.RDBStorage:
+    """Open an RDB storage.
+
+    Args:
+        url: A resolved storage URL.
+        create: Whether a missing SQLite file (and its folder) may be created. Reading
+            commands pass False, so that a typo never leaves an empty database behind.
+
+    Raises:
+        StorageError: When the storage cannot be opened.
+    """
+    path = sqlite_path(url)
+    engine_kwargs: dict[str, Any] = {}
+    if path is not None:
+        if not path.exists():
+            if not create:
+                raise StorageError(f"study storage not found: {path}. Run 'hpo optimize' first or check --storage.")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT_S}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as err:  # SQLAlchemy and Optuna raise many types for one unusable storage
+        cause = err.__cause__ or err
+        raise StorageError(f"cannot open storage {mask_password(url)}: {type(cause).__name__}: {cause}") from err
+
+
+def load_study(study_name: str, storage_url: str) -> optuna.Study:
+    """Load an existing study without creating anything.
+
+    Raises:
+        StudyError: When no study of that name exists in the storage.
+        StorageError: When the storage cannot be opened.
+    """
+    storage = open_storage(storage_url, create=False)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError as err:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        known = ", ".join(names) if names else "none"
+        raise StudyError(f"study {study_name!r} not found in {mask_password(storage_url)}; studies there: {known}.") from err
+
+
+def find_study(study_name: str) -> str | None:
+    """Return the default SQLite URL of ``study_name`` if its file exists, else None."""
+    url = default_storage_url(study_name)
+    path = sqlite_path(url)
+    return url if path is not None and path.exists() else None
+
+
+def study_settings(study: optuna.Study) -> dict[str, Any]:
+    """Return the settings hpo stored on the study when it was created.
+
+    Raises:
+        StudyError: When the study was not created by hpo.
+    """
+    settings = study.user_attrs.get(SETTINGS_ATTR)
+    if not isinstance(settings, dict):
+        raise StudyError(f"study {study.study_name!r} was not created by hpo (no {SETTINGS_ATTR!r} attribute).")
+    return settings
+
+
+def artifact_dir(storage_url: str, study_name: str) -> Path:
+    """Folder of the study's artifact store: beside a SQLite file, else under ``study_db/``."""
+    path = sqlite_path(storage_url)
+    if path is not None:
+        return path.parent / f"{path.stem}.artifacts"
+    return study_dir() / f"{study_name}.artifacts"

@@ -1,0 +1,292 @@
+"""Create or resume a study and run trials on it: the ``hpo optimize`` operation."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from hpo.data import DEFAULT_DATASET, SplitSpec
+from hpo.device import resolve_device
+from hpo.engine import DeviceData
+from hpo.exceptions import InputError, StudyError
+from hpo.objective import REASON_ATTR, Objective
+from hpo.prepare import DataSettings, load_and_split, prepare
+from hpo.space import SearchSpace
+from hpo.storage import (
+    SETTINGS_ATTR,
+    mask_password,
+    open_storage,
+    resolve_storage_url,
+    study_settings,
+    validate_study_name,
+)
+
+_logger = logging.getLogger(__name__)
+
+PRUNERS = ("median", "successive-halving", "hyperband", "none")
+DIRECTION = "maximize"
+METRIC = "accuracy"
+SETTINGS_FORMAT = 1
+# Consecutive failed trials after which a worker stops: something is wrong beyond one trial.
+MAX_CONSECUTIVE_FAILURES = 10
+
+
+@dataclass(frozen=True)
+class StudySetup:
+    """Everything a worker needs to run trials on a study, as stored on the study."""
+
+    data: DataSettings
+    space: SearchSpace
+    seed: int
+    pruner: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the setup as the JSON-able study attribute."""
+        return {
+            "format": SETTINGS_FORMAT,
+            "data": self.data.to_dict(),
+            "space": self.space.to_dict(),
+            "seed": self.seed,
+            "pruner": self.pruner,
+            "metric": METRIC,
+            "direction": DIRECTION,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> StudySetup:
+        """Rebuild the setup from the study attribute."""
+        return cls(
+            data=DataSettings.from_dict(values["data"]),
+            space=SearchSpace.from_dict(values["space"], origin="the stored study settings"),
+            seed=int(values["seed"]),
+            pruner=str(values["pruner"]),
+        )
+
+
+def optimize(
+    data: str | None = None,
+    target: str | None = None,
+    *,
+    study_name: str | None = None,
+    storage: str | None = None,
+    n_trials: int | None = 20,
+    timeout: float | None = None,
+    seed: int = 0,
+    pruner: str = "median",
+    device: str = "auto",
+    space: SearchSpace | dict[str, Any] | None = None,
+    ignore_columns: tuple[str, ...] | list[str] = (),
+    split: SplitSpec | None = None,
+    show_progress_bar: bool = False,
+) -> optuna.Study:
+    """Run ``n_trials`` trials on a new or existing study and return the study.
+
+    A new study stores its data settings, search space, seed and pruner, so that a later
+    call (or another worker) with only ``study_name`` and ``storage`` resumes it. Every
+    input is checked before the storage is opened, so bad input changes nothing.
+
+    Args:
+        data: A built-in data set name or a CSV/Parquet path. None resumes an existing
+            study's data, or uses the built-in ``synthetic`` set for a new study.
+        target: Target column (required for files).
+        study_name: Plain study name. Defaults to the data set name or file stem.
+        storage: Storage URL. Defaults to ``sqlite:///study_db/<study_name>.db``.
+        n_trials: Trials to add in this call (None: until ``timeout``).
+        timeout: Seconds after which no new trial starts (None: no limit).
+        seed: Seed of the sampler and of each trial's weights and batch order.
+        pruner: One of ``PRUNERS``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        space: Search space, or a dict of overrides of the default space.
+        ignore_columns: Columns to drop, such as ids.
+        split: Train/validation/test fractions and split seed (default 60/20/20, seed 0).
+        show_progress_bar: Show Optuna's progress bar on stderr.
+
+    Returns:
+        The study, with the new trials.
+
+    Raises:
+        InputError: For bad data, options or search space.
+        StudyError: When the existing study does not match, or trials keep failing.
+        StorageError: When the storage cannot be opened.
+    """
+    if n_trials is not None and n_trials < 1:
+        raise InputError(f"n_trials must be >= 1; got {n_trials}.")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise InputError(f"timeout must be a positive number of seconds; got {timeout}.")
+    if pruner not in PRUNERS:
+        raise InputError(f"unknown pruner {pruner!r}; choose from {', '.join(PRUNERS)}.")
+    torch_device = resolve_device(device)
+
+    name = validate_study_name(study_name or _default_study_name(data))
+    url = resolve_storage_url(storage, name)
+    existing = _existing_setup(name, url)
+    if existing is not None and data is None:
+        setup = existing
+        _logger.info("Resuming study %r with its stored data %s.", name, setup.data.source)
+    else:
+        setup = _new_setup(data, target, ignore_columns, split, space, seed, pruner)
+
+    # Loading and splitting raise on bad input, before anything is written.
+    table, split_indices = load_and_split(setup.data)
+    if existing is not None:
+        _check_same_setup(name, existing, setup)
+
+    storage_obj = open_storage(url, create=True)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage_obj,
+        direction=DIRECTION,
+        sampler=optuna.samplers.TPESampler(seed=_sampler_seed(setup.seed, name, storage_obj)),
+        pruner=build_pruner(setup.pruner, setup.space.max_epochs),
+        load_if_exists=True,
+    )
+    if SETTINGS_ATTR not in study.user_attrs:
+        study.set_user_attr(SETTINGS_ATTR, setup.to_dict())
+        _logger.info("Created study %r in %s.", name, mask_password(url))
+    else:
+        _logger.info("Loaded study %r from %s with %d trials.", name, mask_password(url), len(study.trials))
+
+    prepared = prepare(table, split_indices)
+    device_data = DeviceData.from_arrays(
+        prepared.x_train, prepared.y_train, prepared.x_val, prepared.y_val,
+        n_classes=prepared.n_classes, device=torch_device,
+    )
+    objective = Objective(setup.space, device_data, seed=setup.seed)
+    guard = _FailureGuard()
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        timeout=timeout,
+        catch=(Exception,),
+        callbacks=[_log_trial, guard],
+        show_progress_bar=show_progress_bar,
+    )
+    if guard.tripped:
+        raise StudyError(f"stopped after {guard.count} failed trials in a row; last reason: {guard.last_reason}")
+    return study
+
+
+def build_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Build the named pruner with warm-up settings measured in epochs.
+
+    No pruner judges a trial before its third epoch: a network with a large batch can
+    sit at the majority-class accuracy after one epoch and catch up by the third.
+    """
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    if name == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=3, reduction_factor=3)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=3, max_resource=max(max_epochs, 3), reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise InputError(f"unknown pruner {name!r}; choose from {', '.join(PRUNERS)}.")
+
+
+def _default_study_name(data: str | None) -> str:
+    if data is None:
+        return DEFAULT_DATASET
+    from pathlib import Path
+
+    stem = Path(data).stem if ("/" in data or "." in data) else data
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "_" for c in stem).lstrip("._-")
+    return cleaned or "study"
+
+
+def _new_setup(
+    data: str | None,
+    target: str | None,
+    ignore_columns: tuple[str, ...] | list[str],
+    split: SplitSpec | None,
+    space: SearchSpace | dict[str, Any] | None,
+    seed: int,
+    pruner: str,
+) -> StudySetup:
+    from pathlib import Path
+
+    from hpo.data import BUILTIN_DATASETS
+
+    source = data or DEFAULT_DATASET
+    if source not in BUILTIN_DATASETS and Path(source).exists():
+        source = str(Path(source).expanduser().resolve())
+    if isinstance(space, dict):
+        space = SearchSpace.from_dict(space)
+    return StudySetup(
+        data=DataSettings(source=source, target=target, ignore_columns=tuple(ignore_columns), split=split or SplitSpec(seed=seed)),
+        space=space or SearchSpace(),
+        seed=seed,
+        pruner=pruner,
+    )
+
+
+def _existing_setup(name: str, url: str) -> StudySetup | None:
+    from hpo.storage import sqlite_path
+
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    storage = open_storage(url, create=False)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+    return StudySetup.from_dict(study_settings(study))
+
+
+def _check_same_setup(name: str, existing: StudySetup, requested: StudySetup) -> None:
+    differences = []
+    old, new = existing.to_dict(), requested.to_dict()
+    for key in ("data", "space", "seed", "pruner"):
+        if old[key] != new[key]:
+            differences.append(key)
+    if differences:
+        raise StudyError(
+            f"study {name!r} exists with different {', '.join(differences)}; rerun without --data to resume it "
+            "as stored, or pick a new --study name."
+        )
+
+
+def _sampler_seed(seed: int, name: str, storage: optuna.storages.BaseStorage) -> int:
+    # A resumed study must not replay the random start-up samples of the first run, so
+    # the seed moves on with the number of trials already stored.
+    try:
+        study_id = storage.get_study_id_from_name(name)
+        n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
+    except KeyError:
+        n_existing = 0
+    return seed + n_existing
+
+
+def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    state = trial.state
+    if state == optuna.trial.TrialState.COMPLETE:
+        _logger.info("Trial %d finished with value %.5f; best is trial %d (%.5f).", trial.number, trial.value, study.best_trial.number, study.best_value)
+    elif state == optuna.trial.TrialState.PRUNED:
+        _logger.info("Trial %d %s.", trial.number, trial.user_attrs.get(REASON_ATTR, "pruned"))
+    elif state == optuna.trial.TrialState.FAIL:
+        _logger.warning("Trial %d failed: %s", trial.number, trial.user_attrs.get(REASON_ATTR, "unknown reason"))
+
+
+class _FailureGuard:
+    """Stop the study after too many failed trials in a row in this process."""
+
+    def __init__(self, limit: int = MAX_CONSECUTIVE_FAILURES) -> None:
+        self.limit = limit
+        self.count = 0
+        self.last_reason = ""
+        self.tripped = False
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != optuna.trial.TrialState.FAIL:
+            self.count = 0
+            return
+        self.count += 1
+        self.last_reason = str(trial.user_attrs.get(REASON_ATTR, "unknown reason"))
+        if self.count >= self.limit:
+            self.tripped = True
+            study.stop()
