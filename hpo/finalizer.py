@@ -20,7 +20,6 @@ from hpo.engine import DeviceData, evaluate, train
 from hpo.exceptions import StudyError
 from hpo.model import build_mlp, count_parameters
 from hpo.objective import architecture
-from hpo.study import StudySetup
 from hpo.prepare import load_and_split, prepare
 from hpo.space import TrialConfig
 from hpo.storage import (
@@ -32,6 +31,7 @@ from hpo.storage import (
     study_settings,
     validate_study_name,
 )
+from hpo.study import StudySetup
 
 _logger = logging.getLogger(__name__)
 

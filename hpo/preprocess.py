@@ -110,7 +110,7 @@ def fit_preprocessing(frame: pd.DataFrame, features: tuple[str, ...] | list[str]
     categorical: list[CategoricalColumn] = []
     if categorical_names:
         values = _as_strings(frame[categorical_names])
-        imputer = SimpleImputer(strategy="most_frequent", missing_values=None).fit(values)
+        imputer = SimpleImputer(strategy="most_frequent").fit(values)
         encoder = OneHotEncoder(handle_unknown="ignore").fit(imputer.transform(values))
         for i, name in enumerate(categorical_names):
             categories = [str(v) for v in encoder.categories_[i]]
@@ -175,8 +175,12 @@ def _is_numeric(series: pd.Series) -> bool:
 
 
 def _as_strings(frame: pd.DataFrame) -> np.ndarray:
-    # Categories are stored as strings so that JSON round trips keep them equal.
-    return frame.astype(object).where(frame.notna(), None).map(lambda v: v if v is None else str(v)).to_numpy(dtype=object)
+    # Categories are compared as strings, so that JSON round trips keep them equal;
+    # missing values stay NaN, the marker SimpleImputer looks for.
+    values = frame.to_numpy(dtype=object)
+    strings = values.astype(str).astype(object)
+    strings[pd.isna(values)] = np.nan
+    return strings
 
 
 def _log_missing(frame: pd.DataFrame, features: tuple[str, ...] | list[str]) -> None:

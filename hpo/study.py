@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 
-from hpo.data import DEFAULT_DATASET, SplitSpec
+from hpo.data import BUILTIN_DATASETS, DEFAULT_DATASET, SplitSpec
 from hpo.device import resolve_device
 from hpo.engine import DeviceData
 from hpo.exceptions import InputError, StudyError
@@ -22,6 +22,7 @@ from hpo.storage import (
     mask_password,
     open_storage,
     resolve_storage_url,
+    sqlite_path,
     study_settings,
     validate_study_name,
 )
@@ -191,8 +192,6 @@ def build_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
 def _default_study_name(data: str | None) -> str:
     if data is None:
         return DEFAULT_DATASET
-    from pathlib import Path
-
     stem = Path(data).stem if ("/" in data or "." in data) else data
     cleaned = "".join(c if c.isalnum() or c in "_.-" else "_" for c in stem).lstrip("._-")
     return cleaned or "study"
@@ -207,10 +206,6 @@ def _new_setup(
     seed: int,
     pruner: str,
 ) -> StudySetup:
-    from pathlib import Path
-
-    from hpo.data import BUILTIN_DATASETS
-
     source = data or DEFAULT_DATASET
     if source not in BUILTIN_DATASETS and Path(source).exists():
         source = str(Path(source).expanduser().resolve())
@@ -225,8 +220,6 @@ def _new_setup(
 
 
 def _existing_setup(name: str, url: str) -> StudySetup | None:
-    from hpo.storage import sqlite_path
-
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return None

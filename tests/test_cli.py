@@ -1,0 +1,151 @@
+"""The command line: exit codes, one-line errors, and the end-to-end main path."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpo.cli import main
+from hpo.data import SplitSpec, load_table, split_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _csv(path: Path, frame: pd.DataFrame) -> str:
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def _table(n: int = 60) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "label": np.where(np.arange(n) % 3 == 0, "x", "y")})
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    empty = tmp / "empty.csv"
+    empty.write_text("")
+    header = tmp / "header.csv"
+    header.write_text("a,b,label\n")
+    duplicate = tmp / "dup.csv"
+    duplicate.write_text("a,a,label\n1,2,x\n3,4,y\n")
+    config = tmp / "cfg.toml"
+    config.write_text("[space]\nlayers = [1, 2]\n")
+    rare = _table()
+    rare.loc[:1, "label"] = "z"
+    return {
+        "missing file": (["--data", str(tmp / "nope.csv"), "--target", "label"], "data file not found"),
+        "empty file": (["--data", str(empty), "--target", "label"], "data file is empty"),
+        "header only": (["--data", str(header), "--target", "label"], "header but no rows"),
+        "missing target": (["--data", _csv(tmp / "t1.csv", _table()), "--target", "Quality"], "columns are: a, b, label"),
+        "single class": (["--data", _csv(tmp / "t2.csv", _table().assign(label="x")), "--target", "label"], "single class"),
+        "rare class": (["--data", _csv(tmp / "t3.csv", rare), "--target", "label"], "too few rows"),
+        "empty feature": (["--data", _csv(tmp / "t4.csv", _table().assign(b=np.nan)), "--target", "label"], "'b'.* have no values"),
+        "duplicate columns": (["--data", str(duplicate), "--target", "label"], "duplicate column names: a"),
+        "unknown built-in": (["--data", "irish"], "unknown built-in data set 'irish'"),
+        "unknown config key": (["--config", str(config)], "unknown key\\(s\\) layers"),
+        "low above high": (["--space", "lr=[0.1, 0.001]"], "lr has low 0.1 above high 0.001"),
+        "bad study name": (["--study", "../evil"], "invalid study name '../evil'"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing file", "empty file", "header only", "missing target", "single class", "rare class", "empty feature",
+     "duplicate columns", "unknown built-in", "unknown config key", "low above high", "bad study name"],
+)
+def test_optimize_bad_input_exits_2_without_study(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args, pattern = _bad_inputs(tmp_path)[case]
+
+    code = main(["optimize", "--n-trials", "1", *args])
+
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert err.startswith("hpo: error: ")
+    assert re.search(pattern, err), err
+    assert not (tmp_path / "study_db").exists() or not any((tmp_path / "study_db").iterdir())
+
+
+def test_optimize_bad_input_leaves_existing_study_unchanged(tmp_path: Path) -> None:
+    assert main(["optimize", "--study", "keep", "--n-trials", "1", "--max-epochs", "1", "-q"]) == 0
+    db = tmp_path / "study_db" / "keep.db"
+    before = db.read_bytes()
+
+    code = main(["optimize", "--study", "keep", "--n-trials", "1", "--space", "n_layers=[3,1]", "-q"])
+
+    assert code == 2
+    assert db.read_bytes() == before
+
+
+def test_finalize_unknown_study_exits_1_without_creating_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["finalize", "--study", "ghost", "--out", str(tmp_path / "m")])
+
+    assert code == 1
+    assert "study storage not found" in capsys.readouterr().err
+    assert not (tmp_path / "study_db" / "ghost.db").exists()
+
+
+def test_optimize_no_arguments_uses_default_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["optimize", "--n-trials", "2", "--max-epochs", "2", "-q"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"sqlite:///{tmp_path / 'study_db' / 'synthetic.db'}" in out
+    assert "Best trial" in out
+    assert (tmp_path / "study_db" / "synthetic.db").exists()
+
+
+def test_optimize_rerun_resumes_and_adds_trials(tmp_path: Path) -> None:
+    import optuna
+
+    for _ in range(2):
+        assert main(["optimize", "--data", "iris", "--n-trials", "2", "--max-epochs", "2", "-q"]) == 0
+
+    study = optuna.load_study(study_name="iris", storage=f"sqlite:///{tmp_path / 'study_db' / 'iris.db'}")
+    assert len(study.trials) == 4
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "hpo", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_main_path_on_ocean_data_end_to_end(ocean_csv: Path, tmp_path: Path) -> None:
+    optimize = _run(
+        "optimize", "--data", str(ocean_csv), "--target", "Quality", "--study", "ocean", "--n-trials", "4",
+        "--max-epochs", "4", "--space", "batch_size=[512, 1024]", "--space", "n_layers=[1, 2]", "--device", "cpu",
+    )
+    assert optimize.returncode == 0, optimize.stderr
+    assert "Study 'ocean'" in optimize.stdout
+
+    finalize = _run("finalize", "--study", "ocean", "--out", str(tmp_path / "models" / "ocean"), "--device", "cpu")
+    assert finalize.returncode == 0, finalize.stderr
+    description = json.loads((tmp_path / "models" / "ocean" / "model.json").read_text())
+    assert description["classes"] == ["Bad", "Good"]
+    assert description["features"] == ["Temperature", "pH", "Dissolved_Oxygen", "Salinity", "Turbidity", "Chlorophyll", "Nitrate"]
+
+    # Rebuild the held-out test rows the way the study split them, then predict them.
+    table = load_table(ocean_csv, "Quality")
+    split = split_rows(table, SplitSpec(**description["data"]["split"]))
+    test_rows = pd.read_csv(ocean_csv).iloc[split.test]
+    test_path = tmp_path / "test_rows.csv"
+    test_rows.to_csv(test_path, index=False)
+    predict = _run("predict", "--model", str(tmp_path / "models" / "ocean"), "--data", str(test_path), "--output", str(tmp_path / "pred.csv"))
+    assert predict.returncode == 0, predict.stderr
+
+    predictions = pd.read_csv(tmp_path / "pred.csv")
+    assert list(predictions.columns) == ["prediction", "proba_Bad", "proba_Good"]
+    assert len(predictions) == description["metrics"]["test"]["n_rows"] == 20000
+    accuracy = float((predictions["prediction"].to_numpy() == test_rows["Quality"].to_numpy()).mean())
+    assert accuracy == pytest.approx(description["metrics"]["test"]["accuracy"], abs=1e-6)
+    assert f"accuracy {accuracy:.5f}" in predict.stdout

@@ -1,0 +1,193 @@
+"""Reading tables, rejecting bad input, and splitting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpo.data import SplitSpec, load_table, read_frame, split_rows
+from hpo.exceptions import InputError
+
+
+def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+def _frame(n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "a": rng.normal(size=n),
+        "b": rng.normal(size=n),
+        "color": rng.choice(["red", "green"], size=n),
+        "label": np.where(np.arange(n) % 2 == 0, "yes", "no"),
+    })
+
+
+def test_read_frame_semicolon_and_bom_detected(tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.csv", "\ufeffa;b;label\n1,5;2;x\n3;4;y\n")
+
+    frame = read_frame(path)
+
+    assert list(frame.columns) == ["a", "b", "label"]
+    assert len(frame) == 2
+
+
+def test_read_frame_tab_separated(tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.tsv", "a\tb\tlabel\n1\t2\tx\n3\t4\ty\n")
+
+    assert list(read_frame(path).columns) == ["a", "b", "label"]
+
+
+def test_read_frame_parquet_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    _frame().to_parquet(path)
+
+    frame = read_frame(path)
+
+    assert list(frame.columns) == ["a", "b", "color", "label"]
+    assert len(frame) == 40
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        ("", "empty"),
+        ("   \n", "empty"),
+        ("a,b,label\n", "header but no rows"),
+        ("a,a,label\n1,2,x\n", "duplicate column names: a"),
+    ],
+)
+def test_read_frame_bad_file_raises(tmp_path: Path, content: str, pattern: str) -> None:
+    path = _write(tmp_path / "bad.csv", content)
+
+    with pytest.raises(InputError, match=pattern) as info:
+        read_frame(path)
+
+    assert str(path) in str(info.value)
+
+
+def test_read_frame_missing_file_names_path(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="data file not found: .*nope.csv"):
+        read_frame(tmp_path / "nope.csv")
+
+
+def test_load_table_missing_target_lists_columns(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    _frame().to_csv(path, index=False)
+
+    with pytest.raises(InputError, match=r"target column 'Quality' not found .*columns are: a, b, color, label"):
+        load_table(path, "Quality")
+
+
+def test_load_table_single_class_raises(tmp_path: Path) -> None:
+    frame = _frame().assign(label="same")
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+
+    with pytest.raises(InputError, match="single class 'same'"):
+        load_table(path, "label")
+
+
+def test_load_table_empty_feature_column_raises(tmp_path: Path) -> None:
+    frame = _frame().assign(b=np.nan)
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+
+    with pytest.raises(InputError, match="'b' .* have no values; drop them with --ignore-columns"):
+        load_table(path, "label")
+
+
+def test_load_table_ignore_columns_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    _frame().to_csv(path, index=False)
+
+    table = load_table(path, "label", ignore_columns=["color"])
+
+    assert table.features == ("a", "b")
+    assert table.classes == ("no", "yes")
+
+
+def test_load_table_unknown_ignore_column_raises(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    _frame().to_csv(path, index=False)
+
+    with pytest.raises(InputError, match="--ignore-columns names columns not in .*: zzz"):
+        load_table(path, "label", ignore_columns=["zzz"])
+
+
+def test_load_table_rows_without_target_dropped(tmp_path: Path) -> None:
+    frame = _frame()
+    frame.loc[:4, "label"] = None
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+
+    table = load_table(path, "label")
+
+    assert len(table.frame) == 35
+
+
+@pytest.mark.parametrize("name", ["synthetic", "iris", "wine", "breast_cancer", "digits"])
+def test_load_table_builtin_sets_load(name: str) -> None:
+    table = load_table(name)
+
+    assert table.target == "target"
+    assert len(table.classes) >= 2
+    assert len(table.frame) > 100
+
+
+def test_load_table_synthetic_matches_tutorial_settings() -> None:
+    table = load_table("synthetic")
+
+    assert len(table.frame) == 1000
+    assert len(table.features) == 10
+    assert table.classes == (0, 1, 2)
+
+
+def test_load_table_unknown_builtin_raises() -> None:
+    with pytest.raises(InputError, match="unknown built-in data set 'irises'"):
+        load_table("irises")
+
+
+def test_split_rows_stratified_and_disjoint() -> None:
+    table = load_table("synthetic")
+
+    split = split_rows(table, SplitSpec(seed=3))
+
+    assert (len(split.train), len(split.validation), len(split.test)) == (600, 200, 200)
+    parts = [set(split.train), set(split.validation), set(split.test)]
+    assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
+    labels = table.frame["target"].to_numpy()
+    for indices in (split.train, split.validation, split.test):
+        shares = np.bincount(labels[indices]) / len(indices)
+        assert np.allclose(shares, np.bincount(labels) / len(labels), atol=0.02)
+
+
+def test_split_rows_seed_changes_split() -> None:
+    table = load_table("synthetic")
+
+    first = split_rows(table, SplitSpec(seed=1))
+    again = split_rows(table, SplitSpec(seed=1))
+    other = split_rows(table, SplitSpec(seed=2))
+
+    assert np.array_equal(first.test, again.test)
+    assert not np.array_equal(first.test, other.test)
+
+
+def test_split_rows_rare_class_raises(tmp_path: Path) -> None:
+    frame = _frame()
+    frame.loc[:2, "label"] = "rare"
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    table = load_table(path, "label")
+
+    with pytest.raises(InputError, match=r"class 'rare' \(3 rows\) .* needs at least 5"):
+        split_rows(table, SplitSpec())
+
+
+def test_split_spec_fractions_must_sum_to_one() -> None:
+    with pytest.raises(InputError, match="add up to 1"):
+        SplitSpec(train=0.5, validation=0.2, test=0.2)
