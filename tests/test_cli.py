@@ -149,3 +149,48 @@ def test_main_path_on_ocean_data_end_to_end(ocean_csv: Path, tmp_path: Path) -> 
     accuracy = float((predictions["prediction"].to_numpy() == test_rows["Quality"].to_numpy()).mean())
     assert accuracy == pytest.approx(description["metrics"]["test"]["accuracy"], abs=1e-6)
     assert f"accuracy {accuracy:.5f}" in predict.stdout
+
+
+def test_mixed_types_and_missing_values_train_without_manual_preprocessing(ocean_small_csv: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(ocean_small_csv).head(1500).reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    frame["Site"] = rng.choice(["north", "south", "reef", None], size=len(frame))
+    frame["Sampled"] = rng.choice([True, False], size=len(frame))
+    frame.loc[rng.choice(len(frame), 100, replace=False), "pH"] = np.nan
+    frame.insert(0, "sample_id", [f"s{i}" for i in range(len(frame))])
+    path = tmp_path / "mixed.csv"
+    frame.to_csv(path, index=False, sep=";")
+
+    code = main([
+        "optimize", "--data", str(path), "--target", "Quality", "--ignore-columns", "sample_id",
+        "--n-trials", "2", "--max-epochs", "2", "-q",
+    ])
+    assert code == 0
+    assert main(["finalize", "--study", "mixed", "--out", str(tmp_path / "m"), "-q"]) == 0
+
+    description = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert "Site=reef" in description["encoded_features"]
+    assert "sample_id" not in description["features"]
+    new = frame.drop(columns=["Quality"]).head(20).assign(Site="unseen")
+    new.to_csv(tmp_path / "new.csv", index=False)
+    assert main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "new.csv"), "--output", str(tmp_path / "p.csv"), "-q"]) == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 20
+
+
+def test_run_study_script_smoke(tmp_path: Path) -> None:
+    iris = tmp_path / "iris.csv"
+    load_table("iris").frame.to_csv(iris, index=False)
+    hpo_wrapper = tmp_path / "hpo"
+    hpo_wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m hpo \"$@\"\n")
+    hpo_wrapper.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HPO": str(hpo_wrapper), "HPO_OPTIMIZE_ARGS": "--max-epochs 2 -q"}
+
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "run_study.sh"), str(iris), "target", "iris_script", "2"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+
+    assert result.returncode == 0, result.stderr
+    predictions = pd.read_csv(tmp_path / "models" / "iris_script" / "predictions.csv")
+    assert len(predictions) == 150
+    assert "accuracy" in result.stdout
