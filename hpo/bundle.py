@@ -1,7 +1,7 @@
 """Save, validate and load a model bundle: ``model.json`` (description) and ``model.pt`` (weights).
 
 Loading needs torch, numpy and pandas only: no Optuna and no training code. The weights
-file holds a plain ``state_dict`` and is read with ``weights_only=True``, after its SHA-256
+file contains a plain ``state_dict`` and is read with ``weights_only=True``, after its SHA-256
 has been checked against the one recorded in ``model.json``.
 """
 

@@ -31,7 +31,7 @@ class Table:
         frame: The rows with the feature columns and the target column, rows with a
             missing target already dropped.
         target: Name of the target column.
-        features: Feature column names, in the order the model sees them.
+        features: Feature column names, in model input order.
         classes: Sorted class labels of the target (strings, or ints for an integer target).
         source: The data set name or the absolute path it was read from.
     """
@@ -266,8 +266,8 @@ def _validate(frame: pd.DataFrame, target: str, ignore: tuple[str, ...], origin:
 
 
 def _normalize_labels(values: pd.Series) -> pd.Series:
-    # Integer labels stay ints (so 0/1 targets print as such); everything else becomes str,
-    # which keeps labels JSON-able and makes "1" in a CSV equal to "1" at predict time.
+    # Integer labels stay ints, so 0/1 targets print as such. Everything else becomes str,
+    # because that keeps labels JSON-able and makes "1" in a CSV equal to "1" at predict time.
     if pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.astype("int64")
     if pd.api.types.is_float_dtype(values):

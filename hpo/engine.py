@@ -1,6 +1,6 @@
 """Train and evaluate one network on tensors that stay on one device.
 
-The engine knows nothing of Optuna: callers pass a callback that runs after every epoch
+The engine does not import Optuna: callers pass a callback that runs after every epoch
 and may raise (for instance ``optuna.TrialPruned``) to stop training.
 """
 
@@ -46,7 +46,7 @@ class DeviceData:
 
     @property
     def device(self) -> torch.device:
-        """Device that holds the tensors."""
+        """Device of the tensors."""
         return self.x_train.device
 
     @classmethod
@@ -76,7 +76,7 @@ class DeviceData:
 
 @dataclass(frozen=True)
 class EpochStats:
-    """What one epoch produced. ``epoch`` counts from 0 and is the pruning step."""
+    """Losses and accuracy of one epoch. ``epoch`` counts from 0 and is the pruning step."""
 
     epoch: int
     train_loss: float

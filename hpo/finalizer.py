@@ -40,7 +40,7 @@ FINAL_ATTR = "hpo_final_model"
 
 @dataclass(frozen=True)
 class FinalizeResult:
-    """Where the bundle went and how the final model scored on the test part."""
+    """Bundle folder, chosen trial and test metrics of a finalized model."""
 
     out_dir: Path
     trial_number: int

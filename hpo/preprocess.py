@@ -133,7 +133,7 @@ def apply_preprocessing(prep: Preprocessing, frame: pd.DataFrame, *, source: str
     with one warning per column that counts them.
 
     Raises:
-        InputError: When a feature column is missing or a numeric column holds text.
+        InputError: When a feature column is missing or a numeric column contains text.
     """
     missing = [c for c in prep.columns if c not in frame.columns]
     if missing:
@@ -145,7 +145,7 @@ def apply_preprocessing(prep: Preprocessing, frame: pd.DataFrame, *, source: str
         try:
             values = frame[names].apply(pd.to_numeric).to_numpy(dtype=np.float64)
         except (ValueError, TypeError) as err:
-            raise InputError(f"a numeric feature column in {source} holds non-numeric values: {err}") from err
+            raise InputError(f"a numeric feature column in {source} contains non-numeric values: {err}") from err
         medians = np.array([c.median for c in prep.numeric])
         means = np.array([c.mean for c in prep.numeric])
         scales = np.array([c.scale for c in prep.numeric])
