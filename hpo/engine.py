@@ -62,14 +62,14 @@ class DeviceData:
     ) -> DeviceData:
         """Copy numpy arrays to ``device`` once, so no batch is copied during training."""
 
-        def put(array: np.ndarray | None, dtype: torch.dtype) -> torch.Tensor | None:
-            return None if array is None else torch.as_tensor(array, dtype=dtype).to(device)
+        def put(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.as_tensor(array, dtype=dtype).to(device)
 
         return cls(
             x_train=put(x_train, torch.float32),
             y_train=put(y_train, torch.int64),
-            x_val=put(x_val, torch.float32),
-            y_val=put(y_val, torch.int64),
+            x_val=None if x_val is None else put(x_val, torch.float32),
+            y_val=None if y_val is None else put(y_val, torch.int64),
             n_classes=n_classes,
         )
 

@@ -6,7 +6,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import optuna
 
@@ -30,7 +30,7 @@ from hpo.storage import (
 _logger = logging.getLogger(__name__)
 
 PRUNERS = ("median", "successive-halving", "hyperband", "none")
-DIRECTION = "maximize"
+DIRECTION: Final = "maximize"
 METRIC = "accuracy"
 SETTINGS_FORMAT = 1
 # Consecutive failed trials after which a worker stops: something is wrong beyond one trial.
