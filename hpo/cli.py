@@ -66,6 +66,11 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts (default: no limit)")
     p.add_argument("--seed", type=int, help="seed of the sampler, the split and each trial (default: 0)")
     p.add_argument("--pruner", choices=("median", "successive-halving", "hyperband", "none"), help="pruner (default: median)")
+    p.add_argument(
+        "--metric", choices=("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss"),
+        help="validation metric to optimize (default: accuracy); log_loss is minimized, the others maximized; "
+        "on skewed classes prefer balanced_accuracy or f1_macro",
+    )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto, CUDA when present)")
     p.add_argument("--config", help="TOML file with [optimize] options and [space] ranges; flags override it")
     p.add_argument("--space", action="append", default=[], metavar="KEY=VALUE", help="override one search-space entry, VALUE in TOML syntax, e.g. n_layers=[1,3] or activation=\"relu\"; repeatable")
@@ -93,7 +98,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
     from hpo.study import optimize
 
     options, space_values = _read_config(args.config, load_space_file)
-    for name in ("data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "device"):
+    for name in ("data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "device"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
@@ -115,7 +120,15 @@ def _run_finalize(args: argparse.Namespace) -> int:
 
     result = finalize(args.study_name, args.out, storage=args.storage, device=args.device)
     test = result.test_metrics
-    print(f"Final model from trial {result.trial_number}: validation accuracy {result.validation_accuracy:.5f}, test accuracy {test['accuracy']:.5f} on {test['n_rows']} rows.")
+    metric = result.metric
+    print(
+        f"Final model from trial {result.trial_number}: validation {metric} {result.validation_score:.5f}, "
+        f"test {metric} {test[metric]:.5f} on {test['n_rows']} rows{_baseline_note(result.baseline)}."
+    )
+    others = ", ".join(f"{name} {value:.5f}" for name, value in test.items() if name not in (metric, "n_rows"))
+    print(f"Other test metrics: {others}")
+    for row in result.per_class or []:
+        print(f"  class {row['class']}: precision {row['precision']:.3f}, recall {row['recall']:.3f}, {row['support']} rows")
     print(f"Saved to {result.out_dir}")
     return EXIT_OK
 
@@ -139,7 +152,7 @@ def _read_config(path: str | None, loader: Any) -> tuple[dict[str, Any], dict[st
     if unknown_tables:
         raise InputError(f"unknown table(s) {', '.join(unknown_tables)} in config file {path}; use [optimize] and [space].")
     options = dict(document.get("optimize", {}))
-    allowed = {"data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "device"}
+    allowed = {"data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "device"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise InputError(f"unknown key(s) {', '.join(unknown)} in [optimize] of config file {path}; known keys are: {', '.join(sorted(allowed))}.")
@@ -149,7 +162,8 @@ def _read_config(path: str | None, loader: Any) -> tuple[dict[str, Any], dict[st
 def _print_study_summary(study: Any) -> None:
     import optuna
 
-    from hpo.storage import mask_password
+    from hpo.baseline import stored_baseline
+    from hpo.storage import SETTINGS_ATTR, mask_password
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
     counts = {state.name.lower(): states.count(state) for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
@@ -160,9 +174,16 @@ def _print_study_summary(study: Any) -> None:
     except ValueError:
         print("No trial completed yet.")
         return
-    print(f"Best trial {best.number}: validation accuracy {best.value:.5f}")
+    metric = study.user_attrs.get(SETTINGS_ATTR, {}).get("metric", "accuracy")
+    print(f"Best trial {best.number}: validation {metric} {best.value:.5f}{_baseline_note(stored_baseline(study))}")
     for key, value in best.user_attrs.get("config", {}).items():
         print(f"  {key} = {value}")
+
+
+def _baseline_note(baseline: dict[str, Any] | None) -> str:
+    if not baseline:
+        return ""
+    return f" (majority baseline {baseline['value']:.5f})"
 
 
 def _comma_list(text: str) -> list[str]:

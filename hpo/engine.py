@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpo.metrics import CLASSIFICATION, METRICS, REGRESSION, Metric, compute_metric
 from hpo.space import TrialConfig
 
 _logger = logging.getLogger(__name__)
@@ -33,9 +34,12 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class DeviceData:
-    """Feature matrices (float32) and class indices (int64) resident on one device.
+    """Feature matrices (float32) and targets resident on one device.
 
-    The validation part is absent when training a final model on train+validation.
+    Targets are class indices (int64) for classification and standardized values
+    (float32) for regression, where ``y_scale`` is the standard deviation they were
+    divided by. The validation part is absent when training a final model on
+    train+validation.
     """
 
     x_train: torch.Tensor
@@ -43,11 +47,22 @@ class DeviceData:
     x_val: torch.Tensor | None
     y_val: torch.Tensor | None
     n_classes: int
+    y_scale: float = 1.0
 
     @property
     def device(self) -> torch.device:
         """Device of the tensors."""
         return self.x_train.device
+
+    @property
+    def task(self) -> str:
+        """``regression`` for float targets, else ``classification``."""
+        return REGRESSION if self.y_train.is_floating_point() else CLASSIFICATION
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the network's output layer: one per class, or one value."""
+        return 1 if self.task == REGRESSION else self.n_classes
 
     @classmethod
     def from_arrays(
@@ -59,28 +74,37 @@ class DeviceData:
         *,
         n_classes: int,
         device: torch.device,
+        y_scale: float = 1.0,
     ) -> DeviceData:
-        """Copy numpy arrays to ``device`` once, so no batch is copied during training."""
+        """Copy numpy arrays to ``device`` once, so no batch is copied during training.
+
+        Float target arrays make a regression data set, integer ones a classification set.
+        """
 
         def put(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(array, dtype=dtype).to(device)
 
+        y_dtype = torch.float32 if np.issubdtype(y_train.dtype, np.floating) else torch.int64
         return cls(
             x_train=put(x_train, torch.float32),
-            y_train=put(y_train, torch.int64),
+            y_train=put(y_train, y_dtype),
             x_val=None if x_val is None else put(x_val, torch.float32),
-            y_val=None if y_val is None else put(y_val, torch.int64),
+            y_val=None if y_val is None else put(y_val, y_dtype),
             n_classes=n_classes,
+            y_scale=y_scale,
         )
 
 
 @dataclass(frozen=True)
 class EpochStats:
-    """Losses and accuracy of one epoch. ``epoch`` counts from 0 and is the pruning step."""
+    """Losses and validation score of one epoch. ``epoch`` counts from 0 and is the pruning step.
+
+    ``val_score`` is the validation value of the metric that ``train`` was given.
+    """
 
     epoch: int
     train_loss: float
-    val_accuracy: float | None
+    val_score: float | None
     val_loss: float | None
 
 
@@ -89,8 +113,8 @@ class TrainResult:
     """Learning curves and the best validation epoch of one training run."""
 
     train_losses: list[float] = field(default_factory=list)
-    val_accuracies: list[float] = field(default_factory=list)
-    best_accuracy: float | None = None
+    val_scores: list[float] = field(default_factory=list)
+    best_score: float | None = None
     best_epoch: int | None = None
     seconds: float = 0.0
 
@@ -126,6 +150,7 @@ def train(
     seed: int,
     n_epochs: int | None = None,
     on_epoch: EpochCallback | None = None,
+    metric: Metric = METRICS["accuracy"],
 ) -> TrainResult:
     """Train ``model`` with mini-batches drawn by a seeded permutation of row indices.
 
@@ -136,16 +161,17 @@ def train(
         seed: Seed of the batch order (weights are initialized by the caller).
         n_epochs: Exact number of epochs, overriding ``config.max_epochs`` and patience.
         on_epoch: Called after each epoch; an exception it raises ends training.
+        metric: Validation metric that picks the best epoch and drives early stopping.
 
     Returns:
-        The learning curves, the best validation accuracy and its epoch.
+        The learning curves, the best validation score and its epoch.
 
     Raises:
         NonFiniteLossError: When an epoch's mean training loss is NaN or infinite.
     """
     started = time.perf_counter()
     optimizer = make_optimizer(model, config, data.device)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = make_loss(config, data)
     # The permutation is drawn on the CPU, so the batch order is the same on every device.
     generator = torch.Generator().manual_seed(seed)
     n_rows = data.x_train.shape[0]
@@ -158,8 +184,8 @@ def train(
         total_loss = torch.zeros((), device=data.device)
         for start in range(0, n_rows, config.batch_size):
             index = order[start : start + config.batch_size]
-            logits = model(data.x_train[index])
-            loss = loss_fn(logits, data.y_train[index])
+            outputs = model(data.x_train[index])
+            loss = loss_fn(outputs, data.y_train[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -171,18 +197,20 @@ def train(
             raise NonFiniteLossError(epoch)
         result.train_losses.append(train_loss)
 
-        accuracy, val_loss = evaluate(model, data.x_val, data.y_val) if data.x_val is not None else (None, None)
-        if accuracy is not None:
-            result.val_accuracies.append(accuracy)
-            if result.best_accuracy is None or accuracy > result.best_accuracy:
-                result.best_accuracy, result.best_epoch = accuracy, epoch
-        _logger.debug("epoch %d: train_loss=%.5f val_accuracy=%s", epoch, train_loss, accuracy)
+        score, val_loss = (None, None)
+        if data.x_val is not None:
+            score, val_loss = evaluate(model, data.x_val, data.y_val, metric=metric, y_scale=data.y_scale)
+        if score is not None:
+            result.val_scores.append(score)
+            if metric.is_better(score, result.best_score):
+                result.best_score, result.best_epoch = score, epoch
+        _logger.debug("epoch %d: train_loss=%.5f val_%s=%s", epoch, train_loss, metric.name, score)
 
         result.seconds = time.perf_counter() - started
         if on_epoch is not None:
-            on_epoch(EpochStats(epoch=epoch, train_loss=train_loss, val_accuracy=accuracy, val_loss=val_loss))
+            on_epoch(EpochStats(epoch=epoch, train_loss=train_loss, val_score=score, val_loss=val_loss))
         if n_epochs is None and result.best_epoch is not None and epoch - result.best_epoch >= config.patience:
-            _logger.debug("Stopping early at epoch %d: no better validation accuracy for %d epochs.", epoch, config.patience)
+            _logger.debug("Stopping early at epoch %d: no better validation %s for %d epochs.", epoch, metric.name, config.patience)
             break
 
     result.seconds = time.perf_counter() - started
@@ -196,11 +224,47 @@ def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None) -> tuple[float, float]:
-    """Return accuracy and mean cross-entropy of ``model`` on ``x``, ``y``."""
+def make_loss(config: TrialConfig, data: DeviceData) -> nn.Module:
+    """Return the training loss: mean squared error for regression, else cross-entropy.
+
+    With ``config.class_weight == "balanced"`` each class's rows weigh
+    ``n_rows / (n_classes * n_rows_of_class)``, so every class adds the same total
+    weight to the loss.
+    """
+    if data.task == REGRESSION:
+        return _SquaredError()
+    if config.class_weight != "balanced":
+        return nn.CrossEntropyLoss()
+    counts = torch.bincount(data.y_train, minlength=data.n_classes).float()
+    weights = len(data.y_train) / (data.n_classes * counts.clamp_min(1.0))
+    return nn.CrossEntropyLoss(weight=weights)
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor | None,
+    y: torch.Tensor | None,
+    *,
+    metric: Metric = METRICS["accuracy"],
+    y_scale: float = 1.0,
+) -> tuple[float, float]:
+    """Return ``metric`` and the unweighted training loss of ``model`` on ``x``, ``y``.
+
+    The loss is cross-entropy for classification and mean squared error of the
+    standardized targets for regression.
+    """
     if x is None or y is None:
         raise ValueError("evaluate needs both features and labels")
-    logits = predict_logits(model, x)
-    accuracy = (logits.argmax(dim=1) == y).float().mean()
-    loss = nn.functional.cross_entropy(logits, y)
-    return float(accuracy), float(loss)
+    outputs = predict_logits(model, x)
+    if y.is_floating_point():
+        loss = nn.functional.mse_loss(outputs.reshape(-1), y)
+    else:
+        loss = nn.functional.cross_entropy(outputs, y)
+    return compute_metric(metric.name, outputs, y, y_scale=y_scale), float(loss)
+
+
+class _SquaredError(nn.Module):
+    """Mean squared error of a (rows, 1) output against a (rows,) target."""
+
+    def forward(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(outputs.reshape(-1), target)

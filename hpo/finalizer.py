@@ -14,12 +14,14 @@ import optuna
 import torch
 
 from hpo import __version__
+from hpo.baseline import stored_baseline
 from hpo.bundle import JSON_NAME, WEIGHTS_NAME, save_bundle
 from hpo.device import resolve_device
-from hpo.engine import DeviceData, evaluate, train
+from hpo.engine import predict_logits
 from hpo.exceptions import StudyError
-from hpo.model import build_mlp, count_parameters
-from hpo.objective import architecture
+from hpo.metrics import CLASSIFICATION, METRICS, compute_metrics, per_class_report
+from hpo.model import count_parameters
+from hpo.retrain import device_data, fit_network
 from hpo.prepare import load_and_split, prepare
 from hpo.space import TrialConfig
 from hpo.storage import (
@@ -40,16 +42,42 @@ FINAL_ATTR = "hpo_final_model"
 
 @dataclass(frozen=True)
 class FinalizeResult:
-    """Bundle folder, chosen trial and test metrics of a finalized model."""
+    """Where the bundle went and how the final model scored on the test part.
+
+    Attributes:
+        out_dir: The bundle folder.
+        trial_number: The trial whose configuration was retrained.
+        metric: Name of the study's metric.
+        validation_score: The trial's validation value of ``metric``.
+        test_metrics: Every metric of the task on the test part, plus ``n_rows``.
+        baseline: The study's majority baseline (``metric``, ``value``), or None for a
+            study without one.
+        per_class: Precision, recall and support of each class on the test part
+            (classification only).
+    """
 
     out_dir: Path
     trial_number: int
-    validation_accuracy: float
+    metric: str
+    validation_score: float
     test_metrics: dict[str, float]
+    baseline: dict[str, Any] | None = None
+    per_class: list[dict[str, Any]] | None = None
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """Return the COMPLETE trial with the highest finite value; ties go to the lowest number.
+    """Return the best COMPLETE trial with a finite value that meets its constraints.
+
+    Best follows the study direction; ties go to the lowest trial number.
+
+    Raises:
+        StudyError: When the study has no such trial.
+    """
+    return ranked_trials(study, 1)[0]
+
+
+def ranked_trials(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]:
+    """Return up to ``n`` COMPLETE, feasible trials with finite values, best first.
 
     Raises:
         StudyError: When the study has no such trial.
@@ -57,10 +85,15 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     candidates = [
         t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if t.value is not None and math.isfinite(t.value) and "config" in t.user_attrs
+        and all(value <= 0.0 for value in t.constraints.values())
     ]
     if not candidates:
-        raise StudyError(f"study {study.study_name!r} has no completed trial yet; run 'hpo optimize --study {study.study_name}' first.")
-    return min(candidates, key=lambda t: (-float(t.value), t.number))  # type: ignore[arg-type]
+        raise StudyError(
+            f"study {study.study_name!r} has no completed trial that meets its constraints yet; "
+            f"run 'hpo optimize --study {study.study_name}' first."
+        )
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return sorted(candidates, key=lambda t: (sign * float(t.value), t.number))[:n]  # type: ignore[arg-type]
 
 
 def finalize(
@@ -94,30 +127,40 @@ def finalize(
     torch_device = resolve_device(device)
     study = load_study(name, url)
     setup = StudySetup.from_dict(study_settings(study))
+    metric = METRICS[setup.metric]
     trial = best_trial(study)
     config = TrialConfig.from_dict(trial.user_attrs["config"])
     seed = int(trial.user_attrs["seed"])
     n_epochs = int(trial.user_attrs["best_epoch"]) + 1
-    _logger.info("Retraining trial %d (validation accuracy %.5f) for %d epochs on train+validation.", trial.number, trial.value, n_epochs)
+    _logger.info("Retraining trial %d (validation %s %.5f) for %d epochs on train+validation.", trial.number, metric.name, trial.value, n_epochs)
 
     table, split = load_and_split(setup.data)
     prepared = prepare(table, split, final=True)
-    data = DeviceData.from_arrays(prepared.x_train, prepared.y_train, None, None, n_classes=prepared.n_classes, device=torch_device)
-    arch = architecture(config, prepared.n_inputs, prepared.n_classes)
-    torch.manual_seed(seed)
-    network = build_mlp(arch).to(torch_device)
-    result = train(network, config, data, seed=seed, n_epochs=n_epochs)
+    data = device_data(prepared, torch_device)
+    network, result, arch = fit_network(data, config, seed=seed, metric=metric, n_epochs=n_epochs)
 
     x_test = torch.as_tensor(prepared.x_test).to(torch_device)
     y_test = torch.as_tensor(prepared.y_test).to(torch_device)
-    accuracy, log_loss = evaluate(network, x_test, y_test)
-    test_metrics = {"accuracy": accuracy, "log_loss": log_loss, "n_rows": int(len(prepared.y_test))}
-    _logger.info("Test accuracy %.5f on %d rows.", accuracy, len(prepared.y_test))
+    outputs = predict_logits(network, x_test)
+    test_metrics: dict[str, Any] = {**compute_metrics(data.task, outputs, y_test, y_scale=data.y_scale), "n_rows": int(len(prepared.y_test))}
+    per_class = per_class_report(outputs, y_test, prepared.table.classes) if data.task == CLASSIFICATION else None
+    _logger.info("Test %s %.5f on %d rows.", metric.name, test_metrics[metric.name], len(prepared.y_test))
 
-    description = _describe(study, url, trial, config, arch, prepared, seed, n_epochs, result.seconds, test_metrics, count_parameters(network))
+    baseline = stored_baseline(study)
+    evaluation = {
+        "metric": metric.name,
+        "validation": {metric.name: trial.value},
+        "test": test_metrics,
+        "baseline": baseline,
+        "per_class": per_class,
+    }
+    description = _describe(study, url, trial, config, arch, prepared, seed, n_epochs, result.seconds, evaluation, count_parameters(network))
     out = save_bundle(out_dir, network, description)
     _attach_to_study(study, url, out, trial.number, float(trial.value), test_metrics)  # type: ignore[arg-type]
-    return FinalizeResult(out_dir=out, trial_number=trial.number, validation_accuracy=float(trial.value), test_metrics=test_metrics)  # type: ignore[arg-type]
+    return FinalizeResult(
+        out_dir=out, trial_number=trial.number, metric=metric.name, validation_score=float(trial.value),  # type: ignore[arg-type]
+        test_metrics=test_metrics, baseline=baseline, per_class=per_class,
+    )
 
 
 def _describe(
@@ -130,7 +173,7 @@ def _describe(
     seed: int,
     n_epochs: int,
     seconds: float,
-    test_metrics: dict[str, float],
+    evaluation: dict[str, Any],
     n_params: int,
 ) -> dict[str, Any]:
     return {
@@ -144,7 +187,7 @@ def _describe(
         "training": {**config.to_dict(), "epochs": n_epochs, "seed": seed, "seconds": round(seconds, 3), "rows": int(len(prepared.y_train))},
         "study": {"name": study.study_name, "storage": mask_password(url), "trial_number": trial.number, "trial_id": trial._trial_id},
         "data": {"source": prepared.table.source, "split": study_settings(study)["data"]["split"]},
-        "metrics": {"validation": {"accuracy": trial.value}, "test": test_metrics},
+        "metrics": evaluation,
         "versions": {
             "hpo": __version__,
             "torch": torch.__version__,
@@ -167,6 +210,6 @@ def _attach_to_study(study: optuna.Study, url: str, out: Path, trial_number: int
     study.set_user_attr(ARTIFACTS_ATTR, str(store_dir))
     study.set_user_attr(
         FINAL_ATTR,
-        {"path": str(out), "trial_number": trial_number, "validation_accuracy": validation, "test": test_metrics, "artifact_ids": artifact_ids},
+        {"path": str(out), "trial_number": trial_number, "validation_score": validation, "test": test_metrics, "artifact_ids": artifact_ids},
     )
     _logger.info("Stored the bundle as artifacts of study %r in %s.", study.study_name, store_dir)

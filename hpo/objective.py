@@ -10,6 +10,7 @@ import torch
 
 from hpo.device import describe_device, free_device_memory
 from hpo.engine import DeviceData, EpochStats, NonFiniteLossError, train
+from hpo.metrics import METRICS, Metric
 from hpo.model import build_mlp, count_parameters
 from hpo.space import SearchSpace, TrialConfig, suggest_config
 
@@ -37,26 +38,27 @@ def architecture(config: TrialConfig, n_inputs: int, n_outputs: int) -> dict[str
 
 
 class Objective:
-    """Train one network per trial and return its best validation accuracy.
+    """Train one network per trial and return its best validation score of ``metric``.
 
-    Each trial reports validation accuracy after every epoch (step = epoch index), is
+    Each trial reports the validation score after every epoch (step = epoch index), is
     pruned when the pruner says so, and stores as user attributes: ``seed``, ``n_params``,
     ``epochs_run``, ``best_epoch``, ``train_seconds``, ``device``, ``config`` (the full
     trial config) and ``train_loss`` (the per-epoch training loss curve). A trial that
     fails or is pruned also stores a short ``reason``.
     """
 
-    def __init__(self, space: SearchSpace, data: DeviceData, *, seed: int) -> None:
+    def __init__(self, space: SearchSpace, data: DeviceData, *, seed: int, metric: Metric = METRICS["accuracy"]) -> None:
         self.space = space
         self.data = data
         self.seed = seed
+        self.metric = metric
         self.device_name = describe_device(data.device)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        config = suggest_config(trial, self.space)
+        config = suggest_config(trial, self.space, task=self.data.task)
         seed = trial_seed(self.seed, trial.number)
         torch.manual_seed(seed)
-        model = build_mlp(architecture(config, self.data.x_train.shape[1], self.data.n_classes)).to(self.data.device)
+        model = build_mlp(architecture(config, self.data.x_train.shape[1], self.data.n_outputs)).to(self.data.device)
 
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("n_params", count_parameters(model))
@@ -66,13 +68,13 @@ class Objective:
 
         def on_epoch(stats: EpochStats) -> None:
             curve.append(round(stats.train_loss, 6))
-            assert stats.val_accuracy is not None
-            trial.report(stats.val_accuracy, stats.epoch)
+            assert stats.val_score is not None
+            trial.report(stats.val_score, stats.epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {stats.epoch} with validation accuracy {stats.val_accuracy:.4f}")
+                raise optuna.TrialPruned(f"pruned at epoch {stats.epoch} with validation {self.metric.name} {stats.val_score:.4f}")
 
         try:
-            result = train(model, config, self.data, seed=seed, on_epoch=on_epoch)
+            result = train(model, config, self.data, seed=seed, on_epoch=on_epoch, metric=self.metric)
         except optuna.TrialPruned as err:
             self._finish_attrs(trial, curve)
             trial.set_user_attr(REASON_ATTR, str(err))
@@ -93,11 +95,11 @@ class Objective:
             del model
             free_device_memory(self.data.device)
 
-        assert result.best_accuracy is not None and result.best_epoch is not None
+        assert result.best_score is not None and result.best_epoch is not None
         self._finish_attrs(trial, curve)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
-        return result.best_accuracy
+        return result.best_score
 
     @staticmethod
     def _finish_attrs(trial: optuna.Trial, curve: list[float]) -> None:

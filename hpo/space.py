@@ -17,6 +17,8 @@ _logger = logging.getLogger(__name__)
 
 ACTIVATIONS = ("relu", "tanh", "gelu", "silu", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# "balanced" weighs each class's rows by n_rows / (n_classes * n_rows_of_class) in the loss.
+CLASS_WEIGHTS = ("none", "balanced")
 MAX_LAYERS = 16
 MAX_UNITS = 8192
 
@@ -28,7 +30,7 @@ _RANGES = {
     "lr": (True, False),
     "weight_decay": (True, False),
 }
-_CHOICES = ("activation", "optimizer", "batch_size")
+_CHOICES = ("activation", "optimizer", "batch_size", "class_weight")
 _FIXED = ("max_epochs", "patience", "momentum")
 
 
@@ -39,7 +41,7 @@ class SearchSpace:
     A range is a ``[low, high]`` pair, or one number to fix the parameter. A choice is a
     list, or one value to fix it. ``max_epochs`` caps each trial's epochs, ``patience``
     stops a trial after that many epochs without a better validation score, and
-    ``momentum`` is used by SGD only.
+    ``momentum`` is used by SGD only. ``class_weight`` applies to classification only.
     """
 
     n_layers: list[int] | int = field(default_factory=lambda: [1, 5])
@@ -50,6 +52,7 @@ class SearchSpace:
     lr: list[float] | float = field(default_factory=lambda: [1e-5, 1e-1])
     weight_decay: list[float] | float = field(default_factory=lambda: [1e-7, 1e-2])
     batch_size: list[int] | int = field(default_factory=lambda: [64, 128, 256, 512, 1024])
+    class_weight: list[str] | str = field(default_factory=lambda: list(CLASS_WEIGHTS))
     max_epochs: int = 30
     patience: int = 8
     momentum: float = 0.9
@@ -96,6 +99,7 @@ class TrialConfig:
     max_epochs: int
     patience: int
     momentum: float
+    class_weight: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as JSON-able values."""
@@ -144,8 +148,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def suggest_config(trial: optuna.Trial, space: SearchSpace) -> TrialConfig:
+def suggest_config(trial: optuna.Trial, space: SearchSpace, *, task: str = "classification") -> TrialConfig:
     """Ask the trial for every searched parameter and return the trial's config.
+
+    ``class_weight`` is suggested for classification only; regression uses ``none``.
 
     Widths are suggested for every possible layer (``n_units_l0`` up to the largest
     ``n_layers``) in every trial, and layers beyond the trial's depth ignore theirs.
@@ -166,6 +172,7 @@ def suggest_config(trial: optuna.Trial, space: SearchSpace) -> TrialConfig:
         max_epochs=space.max_epochs,
         patience=space.patience,
         momentum=space.momentum,
+        class_weight=_suggest_choice(trial, "class_weight", space.class_weight) if task == "classification" else "none",
     )
 
 
@@ -217,7 +224,7 @@ def _validate(space: SearchSpace) -> list[str]:
         if low < lowest or high > highest:
             errors.append(f"{name} must lie within {lowest:g}..{highest:g}; got {values}")
 
-    for name, allowed in (("activation", ACTIVATIONS), ("optimizer", OPTIMIZERS)):
+    for name, allowed in (("activation", ACTIVATIONS), ("optimizer", OPTIMIZERS), ("class_weight", CLASS_WEIGHTS)):
         values = getattr(space, name)
         bad = [v for v in (values if isinstance(values, list) else [values]) if v not in allowed]
         if bad:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import optuna
 
+from hpo.baseline import record_baseline, warn_if_skewed
 from hpo.data import BUILTIN_DATASETS, DEFAULT_DATASET, SplitSpec
 from hpo.device import resolve_device
 from hpo.engine import DeviceData
 from hpo.exceptions import InputError, StudyError
+from hpo.metrics import CLASSIFICATION, METRICS, get_metric
 from hpo.objective import REASON_ATTR, Objective
 from hpo.prepare import DataSettings, load_and_split, prepare
 from hpo.space import SearchSpace
@@ -30,8 +32,6 @@ from hpo.storage import (
 _logger = logging.getLogger(__name__)
 
 PRUNERS = ("median", "successive-halving", "hyperband", "none")
-DIRECTION: Final = "maximize"
-METRIC = "accuracy"
 SETTINGS_FORMAT = 1
 # Consecutive failed trials after which a worker stops: something is wrong beyond one trial.
 MAX_CONSECUTIVE_FAILURES = 10
@@ -45,6 +45,12 @@ class StudySetup:
     space: SearchSpace
     seed: int
     pruner: str
+    metric: str = "accuracy"
+
+    @property
+    def direction(self) -> str:
+        """``maximize`` or ``minimize``, following the metric."""
+        return METRICS[self.metric].direction
 
     def to_dict(self) -> dict[str, Any]:
         """Return the setup as the JSON-able study attribute."""
@@ -54,8 +60,8 @@ class StudySetup:
             "space": self.space.to_dict(),
             "seed": self.seed,
             "pruner": self.pruner,
-            "metric": METRIC,
-            "direction": DIRECTION,
+            "metric": self.metric,
+            "direction": self.direction,
         }
 
     @classmethod
@@ -66,6 +72,7 @@ class StudySetup:
             space=SearchSpace.from_dict(values["space"], origin="the stored study settings"),
             seed=int(values["seed"]),
             pruner=str(values["pruner"]),
+            metric=str(values.get("metric", "accuracy")),
         )
 
 
@@ -79,6 +86,7 @@ def optimize(
     timeout: float | None = None,
     seed: int = 0,
     pruner: str = "median",
+    metric: str | None = None,
     device: str = "auto",
     space: SearchSpace | dict[str, Any] | None = None,
     ignore_columns: tuple[str, ...] | list[str] = (),
@@ -101,6 +109,8 @@ def optimize(
         timeout: Seconds after which no new trial starts (None: no limit).
         seed: Seed of the sampler and of each trial's weights and batch order.
         pruner: One of ``PRUNERS``.
+        metric: Validation metric to optimize, a key of ``hpo.metrics.METRICS`` that fits
+            the task (default: accuracy). ``log_loss`` is minimized, the others maximized.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         space: Search space, or a dict of overrides of the default space.
         ignore_columns: Columns to drop, such as ids.
@@ -129,8 +139,13 @@ def optimize(
     if existing is not None and data is None:
         setup = existing
         _logger.info("Resuming study %r with its stored data %s.", name, setup.data.source)
+        if metric is not None and metric != setup.metric:
+            raise StudyError(f"study {name!r} optimizes {setup.metric}, not {metric}; drop --metric or pick a new --study name.")
     else:
         setup = _new_setup(data, target, ignore_columns, split, space, seed, pruner)
+        if metric is None and existing is not None:
+            metric = existing.metric
+        setup = replace(setup, metric=get_metric(metric, CLASSIFICATION).name)
 
     # Loading and splitting raise on bad input, before anything is written.
     table, split_indices = load_and_split(setup.data)
@@ -141,7 +156,7 @@ def optimize(
     study = optuna.create_study(
         study_name=name,
         storage=storage_obj,
-        direction=DIRECTION,
+        direction=setup.direction,
         sampler=optuna.samplers.TPESampler(seed=_sampler_seed(setup.seed, name, storage_obj)),
         pruner=build_pruner(setup.pruner, setup.space.max_epochs),
         load_if_exists=True,
@@ -157,7 +172,10 @@ def optimize(
         prepared.x_train, prepared.y_train, prepared.x_val, prepared.y_val,
         n_classes=prepared.n_classes, device=torch_device,
     )
-    objective = Objective(setup.space, device_data, seed=setup.seed)
+    metric_obj = METRICS[setup.metric]
+    warn_if_skewed(device_data, metric_obj)
+    record_baseline(study, device_data, metric_obj)
+    objective = Objective(setup.space, device_data, seed=setup.seed, metric=metric_obj)
     guard = _FailureGuard()
     study.optimize(
         objective,
@@ -234,7 +252,7 @@ def _existing_setup(name: str, url: str) -> StudySetup | None:
 def _check_same_setup(name: str, existing: StudySetup, requested: StudySetup) -> None:
     differences = []
     old, new = existing.to_dict(), requested.to_dict()
-    for key in ("data", "space", "seed", "pruner"):
+    for key in ("data", "space", "seed", "pruner", "metric"):
         if old[key] != new[key]:
             differences.append(key)
     if differences:
@@ -258,7 +276,12 @@ def _sampler_seed(seed: int, name: str, storage: optuna.storages.BaseStorage) ->
 def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     state = trial.state
     if state == optuna.trial.TrialState.COMPLETE:
-        _logger.info("Trial %d finished with value %.5f; best is trial %d (%.5f).", trial.number, trial.value, study.best_trial.number, study.best_value)
+        try:
+            best = study.best_trial
+        except ValueError:  # every completed trial breaks a constraint
+            _logger.info("Trial %d finished with value %.5f; no trial fits the constraints yet.", trial.number, trial.value)
+            return
+        _logger.info("Trial %d finished with value %.5f; best is trial %d (%.5f).", trial.number, trial.value, best.number, best.value)
     elif state == optuna.trial.TrialState.PRUNED:
         _logger.info("Trial %d %s.", trial.number, trial.user_attrs.get(REASON_ATTR, "pruned"))
     elif state == optuna.trial.TrialState.FAIL:
