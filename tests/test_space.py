@@ -98,7 +98,7 @@ def test_suggest_config_fixed_values_are_not_suggested() -> None:
     assert config.lr == 0.01
     assert "activation" not in trial.params
     assert "lr" not in trial.params
-    assert set(trial.params) == {"n_units_l0", "n_units_l1", "dropout", "optimizer", "weight_decay"}
+    assert set(trial.params) == {"n_units_l0", "n_units_l1", "dropout", "optimizer", "weight_decay", "class_weight"}
 
 
 def test_suggest_config_depth_uses_first_widths() -> None:
