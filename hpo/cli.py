@@ -83,6 +83,8 @@ def _add_finalize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="Optuna storage URL; default: sqlite:///study_db/<study>.db")
     p.add_argument("--out", required=True, help="folder for model.json and model.pt, e.g. models/ocean")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--seeds", type=int, default=1, help="train the best configuration this many times with different seeds and print the mean and standard deviation of the test metric (default: 1)")
+    p.add_argument("--top-k", type=int, default=1, help="also retrain the next best trials, K in all, with --seeds seeds each, and tell whether the best trial's lead exceeds the seed noise (default: 1)")
     p.set_defaults(handler=_run_finalize)
 
 
@@ -118,7 +120,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
 def _run_finalize(args: argparse.Namespace) -> int:
     from hpo.finalizer import finalize
 
-    result = finalize(args.study_name, args.out, storage=args.storage, device=args.device)
+    result = finalize(args.study_name, args.out, storage=args.storage, device=args.device, n_seeds=args.seeds, top_k=args.top_k)
     test = result.test_metrics
     metric = result.metric
     print(
@@ -129,6 +131,13 @@ def _run_finalize(args: argparse.Namespace) -> int:
     print(f"Other test metrics: {others}")
     for row in result.per_class or []:
         print(f"  class {row['class']}: precision {row['precision']:.3f}, recall {row['recall']:.3f}, {row['support']} rows")
+    for spread in result.spreads:
+        print(f"Trial {spread.trial_number} over {len(spread.values)} seeds: test {metric} {spread.mean:.5f} ± {spread.std:.5f} (validation {spread.validation_score:.5f})")
+    if result.margin is not None:
+        check = result.margin
+        relation = "larger" if check.is_larger_than_noise else "not larger"
+        verb = "leads" if check.margin >= 0 else "trails"
+        print(f"Trial {check.winner} {verb} trial {check.runner_up} by {abs(check.margin):.5f} test {metric} on average; the lead is {relation} than the seed noise (pooled std {check.noise:.5f}).")
     print(f"Saved to {result.out_dir}")
     return EXIT_OK
 

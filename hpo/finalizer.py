@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,13 @@ from hpo.baseline import stored_baseline
 from hpo.bundle import JSON_NAME, WEIGHTS_NAME, save_bundle
 from hpo.device import resolve_device
 from hpo.engine import predict_logits
-from hpo.exceptions import StudyError
+from hpo.exceptions import InputError, StudyError
 from hpo.metrics import CLASSIFICATION, METRICS, compute_metrics, per_class_report
 from hpo.model import count_parameters
 from hpo.retrain import device_data, fit_network
 from hpo.prepare import load_and_split, prepare
 from hpo.space import TrialConfig
+from hpo.spread import MarginCheck, SeedSpread, check_margin, measure_spread
 from hpo.storage import (
     ARTIFACTS_ATTR,
     artifact_dir,
@@ -42,7 +43,7 @@ FINAL_ATTR = "hpo_final_model"
 
 @dataclass(frozen=True)
 class FinalizeResult:
-    """Where the bundle went and how the final model scored on the test part.
+    """Bundle folder, chosen trial and test scores of a finalized model.
 
     Attributes:
         out_dir: The bundle folder.
@@ -54,6 +55,10 @@ class FinalizeResult:
             study without one.
         per_class: Precision, recall and support of each class on the test part
             (classification only).
+        spreads: Test values of the best trial's configuration over seeds, then of the
+            other top trials; empty unless ``n_seeds`` > 1.
+        margin: The best trial's lead over the runner-up against the seed noise; None
+            unless ``top_k`` > 1.
     """
 
     out_dir: Path
@@ -63,6 +68,8 @@ class FinalizeResult:
     test_metrics: dict[str, float]
     baseline: dict[str, Any] | None = None
     per_class: list[dict[str, Any]] | None = None
+    spreads: list[SeedSpread] = field(default_factory=list)
+    margin: MarginCheck | None = None
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -102,6 +109,8 @@ def finalize(
     *,
     storage: str | None = None,
     device: str = "auto",
+    n_seeds: int = 1,
+    top_k: int = 1,
 ) -> FinalizeResult:
     """Retrain the best trial on train+validation, evaluate once on test, and save the bundle.
 
@@ -109,19 +118,32 @@ def finalize(
     seed, on preprocessing refitted to train+validation. The bundle is also stored on the
     study as Optuna artifacts, and a summary as the study attribute ``hpo_final_model``.
 
+    With ``n_seeds`` > 1 the configuration is trained again with further seeds, and the
+    mean and standard deviation of the test metric go into the result and the bundle;
+    the saved network stays the one trained with the trial's own seed. With ``top_k`` > 1
+    the next best trials get the same treatment, and the result tells whether the best
+    trial's lead is larger than the seed noise.
+
     Args:
         study_name: The study to read.
         out_dir: Folder for ``model.json`` and ``model.pt`` (created if missing).
         storage: Storage URL; defaults to the study's SQLite file under ``study_db/``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        n_seeds: Training runs per configuration for the seed spread, >= 1.
+        top_k: Best trials to retrain and compare, >= 1; above 1 it needs ``n_seeds`` >= 2.
 
     Returns:
         The bundle folder, the chosen trial and its test metrics.
 
     Raises:
+        InputError: For ``n_seeds`` or ``top_k`` out of range.
         StudyError: When the study is missing or has no completed trial.
         StorageError: When the storage cannot be opened.
     """
+    if n_seeds < 1 or top_k < 1:
+        raise InputError(f"--seeds and --top-k must be >= 1; got seeds={n_seeds}, top_k={top_k}.")
+    if top_k > 1 and n_seeds < 2:
+        raise InputError(f"--top-k {top_k} compares trials against the seed noise, so it needs --seeds 2 or more.")
     name = validate_study_name(study_name)
     url = resolve_storage_url(storage, name)
     torch_device = resolve_device(device)
@@ -146,20 +168,36 @@ def finalize(
     per_class = per_class_report(outputs, y_test, prepared.table.classes) if data.task == CLASSIFICATION else None
     _logger.info("Test %s %.5f on %d rows.", metric.name, test_metrics[metric.name], len(prepared.y_test))
 
+    spreads: list[SeedSpread] = []
+    margin = None
+    if n_seeds > 1:
+        known = {seed: float(test_metrics[metric.name])}
+        spreads = [
+            measure_spread(candidate, data, x_test, y_test, metric, n_seeds, known=known if candidate.number == trial.number else None)
+            for candidate in ranked_trials(study, top_k)
+        ]
+        margin = check_margin(spreads, metric)
+
     baseline = stored_baseline(study)
-    evaluation = {
+    evaluation: dict[str, Any] = {
         "metric": metric.name,
         "validation": {metric.name: trial.value},
         "test": test_metrics,
         "baseline": baseline,
         "per_class": per_class,
     }
+    if spreads:
+        evaluation["seed_spread"] = spreads[0].to_dict()
+    if len(spreads) > 1:
+        evaluation["top_k"] = [spread.to_dict() for spread in spreads]
+    if margin is not None:
+        evaluation["margin"] = margin.to_dict()
     description = _describe(study, url, trial, config, arch, prepared, seed, n_epochs, result.seconds, evaluation, count_parameters(network))
     out = save_bundle(out_dir, network, description)
     _attach_to_study(study, url, out, trial.number, float(trial.value), test_metrics)  # type: ignore[arg-type]
     return FinalizeResult(
         out_dir=out, trial_number=trial.number, metric=metric.name, validation_score=float(trial.value),  # type: ignore[arg-type]
-        test_metrics=test_metrics, baseline=baseline, per_class=per_class,
+        test_metrics=test_metrics, baseline=baseline, per_class=per_class, spreads=spreads, margin=margin,
     )
 
 
