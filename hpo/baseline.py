@@ -12,7 +12,7 @@ from hpo.metrics import BALANCED_METRICS, CLASSIFICATION, SKEWED_CLASS_SHARE, Me
 
 _logger = logging.getLogger(__name__)
 
-# Study user attribute with the baseline: {"metric", "value", "largest_class_share"}.
+# Study user attribute with the baseline: {"metric", "value", "kind", "largest_class_share"}.
 BASELINE_ATTR = "hpo_baseline"
 
 
@@ -20,8 +20,9 @@ def record_baseline(study: optuna.Study, data: DeviceData, metric: Metric) -> di
     """Compute the baseline of ``metric`` on the validation part and store it on the study.
 
     The baseline predicts the training part's majority class with its class shares as
-    probabilities (regression: the training mean) for every validation row, so it is
-    what a network scores that learned nothing from the features.
+    probabilities (kind ``majority``) or, for regression, the training mean (kind
+    ``mean``) for every validation row: the score of a network that learned nothing
+    from the features.
 
     Returns:
         The stored attribute value.
@@ -29,12 +30,13 @@ def record_baseline(study: optuna.Study, data: DeviceData, metric: Metric) -> di
     if data.y_val is None:
         raise ValueError("record_baseline needs a validation part")
     value = baseline_score(metric, data.y_train, data.y_val, data.n_classes, y_scale=data.y_scale)
-    stored: dict[str, Any] = {"metric": metric.name, "value": round(value, 6)}
+    kind = "majority" if data.task == CLASSIFICATION else "mean"
+    stored: dict[str, Any] = {"metric": metric.name, "value": round(value, 6), "kind": kind}
     if data.task == CLASSIFICATION:
         stored["largest_class_share"] = round(largest_class_share(data.y_val, data.n_classes), 6)
     if study.user_attrs.get(BASELINE_ATTR) != stored:
         study.set_user_attr(BASELINE_ATTR, stored)
-    _logger.info("Majority baseline of validation %s: %.5f.", metric.name, value)
+    _logger.info("The %s baseline scores validation %s %.5f.", kind, metric.name, value)
     return stored
 
 

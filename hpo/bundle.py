@@ -38,6 +38,8 @@ MAX_LAYERS = 64
 MAX_WIDTH = 65_536
 MAX_INPUTS = 1_000_000
 MAX_CLASSES = 100_000
+# A description without "task" comes from a classifier, the only task before regression.
+BUNDLE_TASKS = ("classification", "regression")
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,14 @@ class LoadedModel:
     preprocessing: Preprocessing
 
     @property
+    def task(self) -> str:
+        """``classification`` or ``regression``."""
+        return str(self.description.get("task", "classification"))
+
+    @property
     def classes(self) -> list[Any]:
-        """Class labels, in the order of the network's outputs."""
-        return list(self.description["classes"])
+        """Class labels, in the order of the network's outputs; empty for regression."""
+        return list(self.description.get("classes", []))
 
     @property
     def target(self) -> str:
@@ -59,20 +66,47 @@ class LoadedModel:
         return str(self.description["target"])
 
     def predict_proba(self, frame: pd.DataFrame, *, source: str = "the data") -> np.ndarray:
-        """Return class probabilities, shape (rows, classes), for the rows of ``frame``."""
-        x = torch.as_tensor(apply_preprocessing(self.preprocessing, frame, source=source))
-        self.network.eval()
-        with torch.inference_mode():
-            return torch.softmax(self.network(x), dim=1).numpy()
+        """Return class probabilities, shape (rows, classes), for the rows of ``frame``.
+
+        Raises:
+            ValueError: For a regression model, which has no classes.
+        """
+        if self.task == "regression":
+            raise ValueError("a regression model predicts values, not class probabilities; use predict")
+        return torch.softmax(self._outputs(frame, source), dim=1).numpy()
+
+    def predict_values(self, frame: pd.DataFrame, *, source: str = "the data") -> np.ndarray:
+        """Return the predicted target values (float64, in the target's units) of a regression model.
+
+        Raises:
+            ValueError: For a classifier.
+        """
+        if self.task != "regression":
+            raise ValueError("a classifier predicts labels, not values; use predict or predict_proba")
+        scaling = self.description["target_scaling"]
+        scaled = self._outputs(frame, source).reshape(-1).double().numpy()
+        return scaled * float(scaling["std"]) + float(scaling["mean"])
 
     def predict(self, frame: pd.DataFrame, *, source: str = "the data") -> pd.DataFrame:
-        """Return a frame with the predicted label and one ``proba_<label>`` column per class."""
+        """Return a frame with the prediction of each row.
+
+        A classifier's frame has the predicted label and one ``proba_<label>`` column per
+        class; a regression model's frame has the predicted value only.
+        """
+        if self.task == "regression":
+            return pd.DataFrame({"prediction": self.predict_values(frame, source=source)}, index=frame.index)
         proba = self.predict_proba(frame, source=source)
         labels = np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)]
         result = pd.DataFrame({"prediction": labels}, index=frame.index)
         for i, label in enumerate(self.classes):
             result[f"proba_{label}"] = proba[:, i]
         return result
+
+    def _outputs(self, frame: pd.DataFrame, source: str) -> torch.Tensor:
+        x = torch.as_tensor(apply_preprocessing(self.preprocessing, frame, source=source))
+        self.network.eval()
+        with torch.inference_mode():
+            return self.network(x)
 
 
 def save_bundle(out_dir: str | Path, network: nn.Module, description: dict[str, Any]) -> Path:
@@ -161,17 +195,23 @@ def validate_description(description: Any, *, origin: str = "model description")
     if description.get("format_version") != BUNDLE_VERSION:
         errors.append(f"format_version must be {BUNDLE_VERSION}; got {description.get('format_version')!r}")
 
+    task = description.get("task", "classification")
+    if task not in BUNDLE_TASKS:
+        errors.append(f"task must be one of {', '.join(BUNDLE_TASKS)}; got {task!r}")
     arch = description.get("architecture")
     if not isinstance(arch, dict):
         errors.append("architecture must be an object")
     else:
-        errors.extend(_architecture_errors(arch))
+        errors.extend(_architecture_errors(arch, regression=task == "regression"))
 
-    classes = description.get("classes")
-    if not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES:
-        errors.append("classes must be a list of 2 or more labels")
-    elif isinstance(arch, dict) and arch.get("n_outputs") != len(classes):
-        errors.append(f"architecture.n_outputs ({arch.get('n_outputs')}) must equal the number of classes ({len(classes)})")
+    if task == "regression":
+        errors.extend(_regression_errors(description))
+    else:
+        classes = description.get("classes")
+        if not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES:
+            errors.append("classes must be a list of 2 or more labels")
+        elif isinstance(arch, dict) and arch.get("n_outputs") != len(classes):
+            errors.append(f"architecture.n_outputs ({arch.get('n_outputs')}) must equal the number of classes ({len(classes)})")
 
     prep = description.get("preprocessing")
     if not isinstance(prep, dict):
@@ -195,7 +235,26 @@ def validate_description(description: Any, *, origin: str = "model description")
         raise BundleError(f"{origin} is invalid: " + "; ".join(errors) + ".")
 
 
-def _architecture_errors(arch: dict[str, Any]) -> list[str]:
+def _regression_errors(description: dict[str, Any]) -> list[str]:
+    errors = []
+    if description.get("classes", []) != []:
+        errors.append("classes must be empty for a regression model")
+    scaling = description.get("target_scaling")
+    if not isinstance(scaling, dict):
+        return errors + ["target_scaling must be an object with mean and std"]
+    mean, std = scaling.get("mean"), scaling.get("std")
+    if not _is_finite_number(mean):
+        errors.append("target_scaling.mean must be a finite number")
+    if not _is_finite_number(std) or std <= 0:
+        errors.append("target_scaling.std must be a finite number > 0")
+    return errors
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _architecture_errors(arch: dict[str, Any], *, regression: bool = False) -> list[str]:
     errors = []
     hidden = arch.get("hidden")
     if not isinstance(hidden, list) or len(hidden) > MAX_LAYERS:
@@ -204,7 +263,9 @@ def _architecture_errors(arch: dict[str, Any]) -> list[str]:
         errors.append(f"architecture.hidden widths must be integers in 1..{MAX_WIDTH}")
     if not _is_int_in(arch.get("n_inputs"), 1, MAX_INPUTS):
         errors.append(f"architecture.n_inputs must be an integer in 1..{MAX_INPUTS}")
-    if not _is_int_in(arch.get("n_outputs"), 2, MAX_CLASSES):
+    if regression and arch.get("n_outputs") != 1:
+        errors.append("architecture.n_outputs must be 1 for a regression model")
+    elif not regression and not _is_int_in(arch.get("n_outputs"), 2, MAX_CLASSES):
         errors.append(f"architecture.n_outputs must be an integer in 2..{MAX_CLASSES}")
     if arch.get("activation") not in ACTIVATION_LAYERS:
         errors.append(f"architecture.activation must be one of {', '.join(ACTIVATION_LAYERS)}")

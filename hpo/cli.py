@@ -67,9 +67,13 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the sampler, the split and each trial (default: 0)")
     p.add_argument("--pruner", choices=("median", "successive-halving", "hyperband", "none"), help="pruner (default: median)")
     p.add_argument(
-        "--metric", choices=("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss"),
-        help="validation metric to optimize (default: accuracy); log_loss is minimized, the others maximized; "
-        "on skewed classes prefer balanced_accuracy or f1_macro",
+        "--metric", choices=("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss", "rmse", "mae", "r2"),
+        help="validation metric to optimize (default: accuracy, or rmse for regression); log_loss, rmse and mae "
+        "are minimized, the others maximized; on skewed classes prefer balanced_accuracy or f1_macro",
+    )
+    p.add_argument(
+        "--task", choices=("auto", "classification", "regression"),
+        help="what to predict (default: auto, which takes a numeric target with more than 20 distinct values as regression)",
     )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto, CUDA when present)")
     p.add_argument("--config", help="TOML file with [optimize] options and [space] ranges; flags override it")
@@ -100,7 +104,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
     from hpo.study import optimize
 
     options, space_values = _read_config(args.config, load_space_file)
-    for name in ("data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "device"):
+    for name in ("data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "device"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
@@ -150,6 +154,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         result.predictions.to_csv(sys.stdout, index=False)
     if result.accuracy is not None:
         print(f"accuracy {result.accuracy:.5f} on {result.n_scored} rows", file=sys.stderr if args.output is None else sys.stdout)
+    if result.scores is not None:
+        scores = ", ".join(f"{name} {value:.5f}" for name, value in result.scores.items())
+        print(f"{scores} on {result.n_scored} rows", file=sys.stderr if args.output is None else sys.stdout)
     return EXIT_OK
 
 
@@ -161,7 +168,7 @@ def _read_config(path: str | None, loader: Any) -> tuple[dict[str, Any], dict[st
     if unknown_tables:
         raise InputError(f"unknown table(s) {', '.join(unknown_tables)} in config file {path}; use [optimize] and [space].")
     options = dict(document.get("optimize", {}))
-    allowed = {"data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "device"}
+    allowed = {"data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "device"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise InputError(f"unknown key(s) {', '.join(unknown)} in [optimize] of config file {path}; known keys are: {', '.join(sorted(allowed))}.")
@@ -192,7 +199,7 @@ def _print_study_summary(study: Any) -> None:
 def _baseline_note(baseline: dict[str, Any] | None) -> str:
     if not baseline:
         return ""
-    return f" (majority baseline {baseline['value']:.5f})"
+    return f" ({baseline.get('kind', 'majority')} baseline {baseline['value']:.5f})"
 
 
 def _comma_list(text: str) -> list[str]:

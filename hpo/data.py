@@ -14,6 +14,8 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from hpo.exceptions import InputError
+from hpo.metrics import CLASSIFICATION, REGRESSION
+from hpo.task import regression_values, resolve_task
 
 _logger = logging.getLogger(__name__)
 
@@ -32,8 +34,10 @@ class Table:
             missing target already dropped.
         target: Name of the target column.
         features: Feature column names, in model input order.
-        classes: Sorted class labels of the target (strings, or ints for an integer target).
+        classes: Sorted class labels of the target (strings, or ints for an integer
+            target); empty for regression.
         source: The data set name or the absolute path it was read from.
+        task: ``classification`` or ``regression`` (a float target).
     """
 
     frame: pd.DataFrame
@@ -41,6 +45,7 @@ class Table:
     features: tuple[str, ...]
     classes: tuple[Any, ...]
     source: str
+    task: str = CLASSIFICATION
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ def load_table(
     target: str | None = None,
     *,
     ignore_columns: tuple[str, ...] | list[str] = (),
+    task: str | None = None,
 ) -> Table:
     """Read a built-in data set or a CSV/Parquet file and validate it.
 
@@ -86,6 +92,8 @@ def load_table(
             ``.parquet`` or ``.pq`` file. ``None`` means the default built-in set.
         target: The target column. Optional for built-in sets (their column is ``target``).
         ignore_columns: Columns to drop before training, such as ids.
+        task: ``classification``, ``regression``, or None/``auto`` to detect it from the
+            target (see ``hpo.task.resolve_task``).
 
     Returns:
         The validated table.
@@ -106,7 +114,7 @@ def load_table(
         target_name = target
         origin = str(path)
 
-    return _validate(frame, target_name, tuple(ignore_columns), origin)
+    return _validate(frame, target_name, tuple(ignore_columns), origin, task)
 
 
 def read_frame(path: Path) -> pd.DataFrame:
@@ -141,21 +149,28 @@ def read_frame(path: Path) -> pd.DataFrame:
 
 
 def split_rows(table: Table, spec: SplitSpec) -> SplitIndices:
-    """Split the rows into stratified train, validation and test parts.
+    """Split the rows into train, validation and test parts, stratified by class.
 
-    The test part is cut first, so it does not depend on the validation fraction.
+    The test part is cut first, so it does not depend on the validation fraction. A
+    regression table is split at random, without stratification.
 
     Raises:
         InputError: When a class has too few rows to appear in every part.
     """
     labels = table.frame[table.target].to_numpy()
-    _check_class_counts(table, spec)
+    if table.task == REGRESSION:
+        _check_row_count(table, spec)
+    else:
+        _check_class_counts(table, spec)
+
+    def strata(rows: np.ndarray) -> np.ndarray | None:
+        return None if table.task == REGRESSION else labels[rows]
 
     positions = np.arange(len(labels))
-    rest, test = train_test_split(positions, test_size=spec.test, stratify=labels, random_state=spec.seed)
+    rest, test = train_test_split(positions, test_size=spec.test, stratify=strata(positions), random_state=spec.seed)
     validation_share = spec.validation / (spec.train + spec.validation)
     train, validation = train_test_split(
-        rest, test_size=validation_share, stratify=labels[rest], random_state=spec.seed
+        rest, test_size=validation_share, stratify=strata(rest), random_state=spec.seed
     )
     return SplitIndices(train=np.sort(train), validation=np.sort(validation), test=np.sort(test))
 
@@ -233,7 +248,7 @@ def _sniff_separator(head: str) -> str:
         return ","
 
 
-def _validate(frame: pd.DataFrame, target: str, ignore: tuple[str, ...], origin: str) -> Table:
+def _validate(frame: pd.DataFrame, target: str, ignore: tuple[str, ...], origin: str, task: str | None = None) -> Table:
     columns = [str(c) for c in frame.columns]
     if target not in columns:
         raise InputError(f"target column {target!r} not found in {origin}; columns are: {', '.join(columns)}.")
@@ -258,6 +273,10 @@ def _validate(frame: pd.DataFrame, target: str, ignore: tuple[str, ...], origin:
         frame = frame.loc[~missing_target]
 
     frame = frame[list(features) + [target]].reset_index(drop=True)
+    task = resolve_task(task, frame[target], target, origin)
+    if task == REGRESSION:
+        frame[target] = regression_values(frame[target], target, origin)
+        return Table(frame=frame, target=target, features=features, classes=(), source=origin, task=REGRESSION)
     frame[target] = _normalize_labels(frame[target])
     classes = tuple(sorted(frame[target].unique().tolist()))
     if len(classes) < 2:
@@ -275,6 +294,15 @@ def _normalize_labels(values: pd.Series) -> pd.Series:
         if len(non_null) and np.all(np.equal(np.mod(non_null, 1), 0)):
             return values.astype("Int64").astype(object).where(values.notna(), None)
     return values.astype(str).where(values.notna(), None)
+
+
+def _check_row_count(table: Table, spec: SplitSpec) -> None:
+    needed = max(2, math.ceil(2.0 / min(spec.train, spec.validation, spec.test)))
+    if len(table.frame) < needed:
+        raise InputError(
+            f"{table.source} has {len(table.frame)} rows; a regression split {spec.train:g}/{spec.validation:g}/{spec.test:g} "
+            f"needs at least {needed}. Add rows."
+        )
 
 
 def _check_class_counts(table: Table, spec: SplitSpec) -> None:

@@ -19,7 +19,7 @@ from hpo.bundle import JSON_NAME, WEIGHTS_NAME, save_bundle
 from hpo.device import resolve_device
 from hpo.engine import predict_logits
 from hpo.exceptions import InputError, StudyError
-from hpo.metrics import CLASSIFICATION, METRICS, compute_metrics, per_class_report
+from hpo.metrics import CLASSIFICATION, METRICS, REGRESSION, compute_metrics, per_class_report
 from hpo.model import count_parameters
 from hpo.retrain import device_data, fit_network
 from hpo.prepare import load_and_split, prepare
@@ -221,7 +221,9 @@ def _describe(
         "features": list(prepared.table.features),
         "encoded_features": prepared.preprocessing.encoded_names,
         "target": prepared.table.target,
+        "task": prepared.task,
         "classes": list(prepared.table.classes),
+        **({"target_scaling": {"mean": prepared.target_mean, "std": prepared.target_std}} if prepared.task == REGRESSION else {}),
         "training": {**config.to_dict(), "epochs": n_epochs, "seed": seed, "seconds": round(seconds, 3), "rows": int(len(prepared.y_train))},
         "study": {"name": study.study_name, "storage": mask_password(url), "trial_number": trial.number, "trial_id": trial._trial_id},
         "data": {"source": prepared.table.source, "split": study_settings(study)["data"]["split"]},

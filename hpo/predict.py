@@ -17,11 +17,16 @@ _logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PredictResult:
-    """Predictions for every row, and the accuracy when the table has the target column."""
+    """Predictions for every row, and scores when the table has the target column.
+
+    ``accuracy`` is set for a classifier; ``scores`` contains RMSE, MAE and R² for a
+    regression model.
+    """
 
     predictions: pd.DataFrame
     accuracy: float | None
     n_scored: int
+    scores: dict[str, float] | None = None
 
 
 def predict_frame(model: LoadedModel, frame: pd.DataFrame, *, source: str = "the data") -> PredictResult:
@@ -32,6 +37,8 @@ def predict_frame(model: LoadedModel, frame: pd.DataFrame, *, source: str = "the
     predictions = model.predict(frame, source=source)
     if model.target not in frame.columns:
         return PredictResult(predictions=predictions, accuracy=None, n_scored=0)
+    if model.task == "regression":
+        return _score_values(predictions, frame[model.target], model.target, source)
 
     truth = encode_labels(frame[model.target], tuple(model.classes))
     known = truth >= 0
@@ -41,6 +48,21 @@ def predict_frame(model: LoadedModel, frame: pd.DataFrame, *, source: str = "the
     predicted = np.argmax(predictions[[f"proba_{c}" for c in model.classes]].to_numpy(), axis=1)
     accuracy = float((predicted[known] == truth[known]).mean())
     return PredictResult(predictions=predictions, accuracy=accuracy, n_scored=int(known.sum()))
+
+
+def _score_values(predictions: pd.DataFrame, target: pd.Series, name: str, source: str) -> PredictResult:
+    import torch
+
+    from hpo.metrics import REGRESSION, compute_metrics
+
+    truth = pd.to_numeric(target, errors="coerce").to_numpy(dtype=np.float64)
+    known = np.isfinite(truth)
+    if not known.any():
+        _logger.warning("Target column %r in %s contains no numbers; RMSE, MAE and R² are not computed.", name, source)
+        return PredictResult(predictions=predictions, accuracy=None, n_scored=0)
+    predicted = predictions["prediction"].to_numpy(dtype=np.float64)[known]
+    scores = compute_metrics(REGRESSION, torch.as_tensor(predicted), torch.as_tensor(truth[known]))
+    return PredictResult(predictions=predictions, accuracy=None, n_scored=int(known.sum()), scores=scores)
 
 
 def predict_file(model_dir: str | Path, data: str | Path, output: str | Path | None = None) -> PredictResult:

@@ -26,7 +26,7 @@ def device_data(prepared: PreparedData, device: torch.device) -> DeviceData:
     """Copy the training (and, unless final, validation) arrays of ``prepared`` to ``device``."""
     return DeviceData.from_arrays(
         prepared.x_train, prepared.y_train, prepared.x_val, prepared.y_val,
-        n_classes=prepared.n_classes, device=device,
+        n_classes=prepared.n_classes, device=device, y_scale=prepared.target_std,
     )
 
 

@@ -48,6 +48,11 @@ class StudySetup:
     metric: str = "accuracy"
 
     @property
+    def task(self) -> str:
+        """``classification`` or ``regression``, as stored with the data settings."""
+        return self.data.task or CLASSIFICATION
+
+    @property
     def direction(self) -> str:
         """``maximize`` or ``minimize``, following the metric."""
         return METRICS[self.metric].direction
@@ -60,6 +65,7 @@ class StudySetup:
             "space": self.space.to_dict(),
             "seed": self.seed,
             "pruner": self.pruner,
+            "task": self.task,
             "metric": self.metric,
             "direction": self.direction,
         }
@@ -87,6 +93,7 @@ def optimize(
     seed: int = 0,
     pruner: str = "median",
     metric: str | None = None,
+    task: str | None = None,
     device: str = "auto",
     space: SearchSpace | dict[str, Any] | None = None,
     ignore_columns: tuple[str, ...] | list[str] = (),
@@ -110,7 +117,10 @@ def optimize(
         seed: Seed of the sampler and of each trial's weights and batch order.
         pruner: One of ``PRUNERS``.
         metric: Validation metric to optimize, a key of ``hpo.metrics.METRICS`` that fits
-            the task (default: accuracy). ``log_loss`` is minimized, the others maximized.
+            the task (default: accuracy, or rmse for regression). ``log_loss``, ``rmse``
+            and ``mae`` are minimized, the others maximized.
+        task: ``classification``, ``regression``, or None/``auto`` to detect it: a
+            numeric target with more than 20 distinct values is a regression target.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         space: Search space, or a dict of overrides of the default space.
         ignore_columns: Columns to drop, such as ids.
@@ -141,14 +151,20 @@ def optimize(
         _logger.info("Resuming study %r with its stored data %s.", name, setup.data.source)
         if metric is not None and metric != setup.metric:
             raise StudyError(f"study {name!r} optimizes {setup.metric}, not {metric}; drop --metric or pick a new --study name.")
+        if task not in (None, "auto", setup.task):
+            raise StudyError(f"study {name!r} is a {setup.task} study, not {task}; drop --task or pick a new --study name.")
     else:
         setup = _new_setup(data, target, ignore_columns, split, space, seed, pruner)
+        setup = replace(setup, data=replace(setup.data, task=None if task == "auto" else task))
         if metric is None and existing is not None:
             metric = existing.metric
-        setup = replace(setup, metric=get_metric(metric, CLASSIFICATION).name)
 
     # Loading and splitting raise on bad input, before anything is written.
     table, split_indices = load_and_split(setup.data)
+    if setup.data.task is None:
+        setup = replace(setup, data=replace(setup.data, task=table.task))
+    if setup is not existing:
+        setup = replace(setup, metric=get_metric(metric, table.task).name)
     if existing is not None:
         _check_same_setup(name, existing, setup)
 
@@ -170,7 +186,7 @@ def optimize(
     prepared = prepare(table, split_indices)
     device_data = DeviceData.from_arrays(
         prepared.x_train, prepared.y_train, prepared.x_val, prepared.y_val,
-        n_classes=prepared.n_classes, device=torch_device,
+        n_classes=prepared.n_classes, device=torch_device, y_scale=prepared.target_std,
     )
     metric_obj = METRICS[setup.metric]
     warn_if_skewed(device_data, metric_obj)
