@@ -16,8 +16,11 @@ _logger = logging.getLogger(__name__)
 BASELINE_ATTR = "hpo_baseline"
 
 
-def record_baseline(study: optuna.Study, data: DeviceData, metric: Metric) -> dict[str, Any]:
+def record_baseline(study: optuna.Study, parts: list[DeviceData], metric: Metric) -> dict[str, Any]:
     """Compute the baseline of ``metric`` on the validation part and store it on the study.
+
+    With cross-validation, ``parts`` has one entry per fold and the baseline is the mean
+    over folds; otherwise it has the one training/validation split.
 
     The baseline predicts the training part's majority class with its class shares as
     probabilities (kind ``majority``) or, for regression, the training mean (kind
@@ -27,9 +30,13 @@ def record_baseline(study: optuna.Study, data: DeviceData, metric: Metric) -> di
     Returns:
         The stored attribute value.
     """
-    if data.y_val is None:
-        raise ValueError("record_baseline needs a validation part")
-    value = baseline_score(metric, data.y_train, data.y_val, data.n_classes, y_scale=data.y_scale)
+    values = []
+    for data in parts:
+        if data.y_val is None:
+            raise ValueError("record_baseline needs a validation part")
+        values.append(baseline_score(metric, data.y_train, data.y_val, data.n_classes, y_scale=data.y_scale))
+    value = sum(values) / len(values)
+    data = parts[0]
     kind = "majority" if data.task == CLASSIFICATION else "mean"
     stored: dict[str, Any] = {"metric": metric.name, "value": round(value, 6), "kind": kind}
     if data.task == CLASSIFICATION:
@@ -52,7 +59,7 @@ def warn_if_skewed(data: DeviceData, metric: Metric) -> bool:
     if share <= SKEWED_CLASS_SHARE:
         return False
     _logger.warning(
-        "The largest class holds %.1f%% of the training rows, so a network that always predicts it "
+        "The largest class contains %.1f%% of the training rows, so a network that always predicts it "
         "scores %.3f accuracy. Consider --metric %s, which rewards every class.",
         100 * share, share, " or ".join(BALANCED_METRICS[:2]),
     )

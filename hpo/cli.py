@@ -65,7 +65,8 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-trials", type=int, help="trials to add in this run (default: 20)")
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts (default: no limit)")
     p.add_argument("--seed", type=int, help="seed of the sampler, the split and each trial (default: 0)")
-    p.add_argument("--pruner", choices=("median", "successive-halving", "hyperband", "none"), help="pruner (default: median)")
+    p.add_argument("--pruner", choices=("median", "successive-halving", "hyperband", "wilcoxon", "none"), help="pruner (default: median, or wilcoxon with --cv; wilcoxon needs --cv)")
+    p.add_argument("--cv", type=int, help="cross-validate each trial with K folds of train+validation instead of one validation split, e.g. --cv 5 (default: off); the test part stays untouched")
     p.add_argument(
         "--metric", choices=("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss", "rmse", "mae", "r2"),
         help="validation metric to optimize (default: accuracy, or rmse for regression); log_loss, rmse and mae "
@@ -104,7 +105,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
     from hpo.study import optimize
 
     options, space_values = _read_config(args.config, load_space_file)
-    for name in ("data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "device"):
+    for name in ("data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "cv", "device"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
@@ -168,7 +169,7 @@ def _read_config(path: str | None, loader: Any) -> tuple[dict[str, Any], dict[st
     if unknown_tables:
         raise InputError(f"unknown table(s) {', '.join(unknown_tables)} in config file {path}; use [optimize] and [space].")
     options = dict(document.get("optimize", {}))
-    allowed = {"data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "device"}
+    allowed = {"data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "cv", "device"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise InputError(f"unknown key(s) {', '.join(unknown)} in [optimize] of config file {path}; known keys are: {', '.join(sorted(allowed))}.")

@@ -11,7 +11,7 @@ import torch
 from hpo.device import describe_device, free_device_memory
 from hpo.engine import DeviceData, EpochStats, NonFiniteLossError, train
 from hpo.metrics import METRICS, Metric
-from hpo.model import build_mlp, count_parameters
+from hpo.model import build_mlp
 from hpo.space import SearchSpace, TrialConfig, suggest_config
 
 _logger = logging.getLogger(__name__)
@@ -24,6 +24,12 @@ _MAX_REASON_CHARS = 300
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """Derive a trial's seed from the study seed and the trial number, stable across workers."""
     return (study_seed * 1_000_003 + trial_number) % (2**31 - 1)
+
+
+def parameter_count(arch: dict[str, Any]) -> int:
+    """Return the number of trainable parameters of the network ``build_mlp(arch)`` builds."""
+    widths = [int(arch["n_inputs"]), *(int(w) for w in arch["hidden"]), int(arch["n_outputs"])]
+    return sum(width_in * width_out + width_out for width_in, width_out in zip(widths, widths[1:]))
 
 
 def architecture(config: TrialConfig, n_inputs: int, n_outputs: int) -> dict[str, Any]:
@@ -57,24 +63,16 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         config = suggest_config(trial, self.space, task=self.data.task)
         seed = trial_seed(self.seed, trial.number)
-        torch.manual_seed(seed)
-        model = build_mlp(architecture(config, self.data.x_train.shape[1], self.data.n_outputs)).to(self.data.device)
+        arch = architecture(config, self.data.x_train.shape[1], self.data.n_outputs)
 
         trial.set_user_attr("seed", seed)
-        trial.set_user_attr("n_params", count_parameters(model))
+        trial.set_user_attr("n_params", parameter_count(arch))
         trial.set_user_attr("device", self.device_name)
         trial.set_user_attr("config", config.to_dict())
         curve: list[float] = []
 
-        def on_epoch(stats: EpochStats) -> None:
-            curve.append(round(stats.train_loss, 6))
-            assert stats.val_score is not None
-            trial.report(stats.val_score, stats.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {stats.epoch} with validation {self.metric.name} {stats.val_score:.4f}")
-
         try:
-            result = train(model, config, self.data, seed=seed, on_epoch=on_epoch, metric=self.metric)
+            return self.run_trial(trial, config, arch, seed, curve)
         except optuna.TrialPruned as err:
             self._finish_attrs(trial, curve)
             trial.set_user_attr(REASON_ATTR, str(err))
@@ -92,9 +90,25 @@ class Objective:
             trial.set_user_attr(REASON_ATTR, f"{type(err).__name__}: {err}"[:_MAX_REASON_CHARS])
             raise
         finally:
-            del model
             free_device_memory(self.data.device)
 
+    def run_trial(self, trial: optuna.Trial, config: TrialConfig, arch: dict[str, Any], seed: int, curve: list[float]) -> float:
+        """Train one network on the validation split and return its best validation score.
+
+        ``curve`` collects the per-epoch training loss as training goes, so that a pruned
+        or failed trial still stores the epochs it ran.
+        """
+        torch.manual_seed(seed)
+        model = build_mlp(arch).to(self.data.device)
+
+        def on_epoch(stats: EpochStats) -> None:
+            curve.append(round(stats.train_loss, 6))
+            assert stats.val_score is not None
+            trial.report(stats.val_score, stats.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {stats.epoch} with validation {self.metric.name} {stats.val_score:.4f}")
+
+        result = train(model, config, self.data, seed=seed, on_epoch=on_epoch, metric=self.metric)
         assert result.best_score is not None and result.best_epoch is not None
         self._finish_attrs(trial, curve)
         trial.set_user_attr("best_epoch", result.best_epoch)

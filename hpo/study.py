@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
 from hpo.baseline import record_baseline, warn_if_skewed
-from hpo.data import BUILTIN_DATASETS, DEFAULT_DATASET, SplitSpec
+from hpo.cv import MAX_FOLDS, CrossValidationObjective, fold_data
+from hpo.data import BUILTIN_DATASETS, DEFAULT_DATASET, SplitIndices, SplitSpec, Table
 from hpo.device import resolve_device
 from hpo.engine import DeviceData
 from hpo.exceptions import InputError, StudyError
@@ -31,7 +33,7 @@ from hpo.storage import (
 
 _logger = logging.getLogger(__name__)
 
-PRUNERS = ("median", "successive-halving", "hyperband", "none")
+PRUNERS = ("median", "successive-halving", "hyperband", "wilcoxon", "none")
 SETTINGS_FORMAT = 1
 # Consecutive failed trials after which a worker stops: something is wrong beyond one trial.
 MAX_CONSECUTIVE_FAILURES = 10
@@ -46,6 +48,7 @@ class StudySetup:
     seed: int
     pruner: str
     metric: str = "accuracy"
+    cv: int = 0
 
     @property
     def task(self) -> str:
@@ -68,6 +71,7 @@ class StudySetup:
             "task": self.task,
             "metric": self.metric,
             "direction": self.direction,
+            "cv": self.cv,
         }
 
     @classmethod
@@ -79,6 +83,7 @@ class StudySetup:
             seed=int(values["seed"]),
             pruner=str(values["pruner"]),
             metric=str(values.get("metric", "accuracy")),
+            cv=int(values.get("cv", 0)),
         )
 
 
@@ -91,9 +96,10 @@ def optimize(
     n_trials: int | None = 20,
     timeout: float | None = None,
     seed: int = 0,
-    pruner: str = "median",
+    pruner: str | None = None,
     metric: str | None = None,
     task: str | None = None,
+    cv: int | None = None,
     device: str = "auto",
     space: SearchSpace | dict[str, Any] | None = None,
     ignore_columns: tuple[str, ...] | list[str] = (),
@@ -115,12 +121,14 @@ def optimize(
         n_trials: Trials to add in this call (None: until ``timeout``).
         timeout: Seconds after which no new trial starts (None: no limit).
         seed: Seed of the sampler and of each trial's weights and batch order.
-        pruner: One of ``PRUNERS``.
+        pruner: One of ``PRUNERS`` (default: ``median``, or ``wilcoxon`` with ``cv``).
         metric: Validation metric to optimize, a key of ``hpo.metrics.METRICS`` that fits
             the task (default: accuracy, or rmse for regression). ``log_loss``, ``rmse``
             and ``mae`` are minimized, the others maximized.
         task: ``classification``, ``regression``, or None/``auto`` to detect it: a
             numeric target with more than 20 distinct values is a regression target.
+        cv: Number of folds (2..20) to cross-validate each trial on train+validation
+            instead of one validation split; None or 0 for no cross-validation.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         space: Search space, or a dict of overrides of the default space.
         ignore_columns: Columns to drop, such as ids.
@@ -139,8 +147,10 @@ def optimize(
         raise InputError(f"n_trials must be >= 1; got {n_trials}.")
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise InputError(f"timeout must be a positive number of seconds; got {timeout}.")
-    if pruner not in PRUNERS:
+    if pruner is not None and pruner not in PRUNERS:
         raise InputError(f"unknown pruner {pruner!r}; choose from {', '.join(PRUNERS)}.")
+    if cv and not 2 <= cv <= MAX_FOLDS:
+        raise InputError(f"--cv must be 0 (off) or 2..{MAX_FOLDS} folds; got {cv}.")
     torch_device = resolve_device(device)
 
     name = validate_study_name(study_name or _default_study_name(data))
@@ -153,11 +163,18 @@ def optimize(
             raise StudyError(f"study {name!r} optimizes {setup.metric}, not {metric}; drop --metric or pick a new --study name.")
         if task not in (None, "auto", setup.task):
             raise StudyError(f"study {name!r} is a {setup.task} study, not {task}; drop --task or pick a new --study name.")
+        if cv is not None and cv != setup.cv:
+            raise StudyError(f"study {name!r} uses --cv {setup.cv}, not {cv}; drop --cv or pick a new --study name.")
     else:
+        if existing is not None:
+            metric = existing.metric if metric is None else metric
+            cv = existing.cv if cv is None else cv
+            pruner = existing.pruner if pruner is None else pruner
+        pruner = pruner or ("wilcoxon" if cv else "median")
+        if pruner == "wilcoxon" and not cv:
+            raise InputError("the wilcoxon pruner compares trials fold by fold, so it needs --cv K.")
         setup = _new_setup(data, target, ignore_columns, split, space, seed, pruner)
-        setup = replace(setup, data=replace(setup.data, task=None if task == "auto" else task))
-        if metric is None and existing is not None:
-            metric = existing.metric
+        setup = replace(setup, data=replace(setup.data, task=None if task == "auto" else task), cv=cv or 0)
 
     # Loading and splitting raise on bad input, before anything is written.
     table, split_indices = load_and_split(setup.data)
@@ -167,6 +184,8 @@ def optimize(
         setup = replace(setup, metric=get_metric(metric, table.task).name)
     if existing is not None:
         _check_same_setup(name, existing, setup)
+    metric_obj = METRICS[setup.metric]
+    objective, parts = _build_objective(setup, table, split_indices, torch_device)
 
     storage_obj = open_storage(url, create=True)
     study = optuna.create_study(
@@ -174,7 +193,7 @@ def optimize(
         storage=storage_obj,
         direction=setup.direction,
         sampler=optuna.samplers.TPESampler(seed=_sampler_seed(setup.seed, name, storage_obj)),
-        pruner=build_pruner(setup.pruner, setup.space.max_epochs),
+        pruner=build_pruner(setup.pruner, setup.space.max_epochs, n_folds=setup.cv),
         load_if_exists=True,
     )
     if SETTINGS_ATTR not in study.user_attrs:
@@ -183,15 +202,8 @@ def optimize(
     else:
         _logger.info("Loaded study %r from %s with %d trials.", name, mask_password(url), len(study.trials))
 
-    prepared = prepare(table, split_indices)
-    device_data = DeviceData.from_arrays(
-        prepared.x_train, prepared.y_train, prepared.x_val, prepared.y_val,
-        n_classes=prepared.n_classes, device=torch_device, y_scale=prepared.target_std,
-    )
-    metric_obj = METRICS[setup.metric]
-    warn_if_skewed(device_data, metric_obj)
-    record_baseline(study, device_data, metric_obj)
-    objective = Objective(setup.space, device_data, seed=setup.seed, metric=metric_obj)
+    warn_if_skewed(parts[0], metric_obj)
+    record_baseline(study, parts, metric_obj)
     guard = _FailureGuard()
     study.optimize(
         objective,
@@ -206,12 +218,32 @@ def optimize(
     return study
 
 
-def build_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+def _build_objective(setup: StudySetup, table: Table, split: SplitIndices, device: torch.device) -> tuple[Objective, list[DeviceData]]:
+    # Returns the objective and the training/validation parts it trains on: one per fold
+    # with cross-validation, else the single split.
+    metric = METRICS[setup.metric]
+    if setup.cv:
+        folds = fold_data(table, split, setup.cv, setup.seed, device)
+        return CrossValidationObjective(setup.space, folds, seed=setup.seed, metric=metric), folds
+    prepared = prepare(table, split)
+    data = DeviceData.from_arrays(
+        prepared.x_train, prepared.y_train, prepared.x_val, prepared.y_val,
+        n_classes=prepared.n_classes, device=device, y_scale=prepared.target_std,
+    )
+    return Objective(setup.space, data, seed=setup.seed, metric=metric), [data]
+
+
+def build_pruner(name: str, max_epochs: int, *, n_folds: int = 0) -> optuna.pruners.BasePruner:
     """Build the named pruner with warm-up settings measured in epochs.
 
     No pruner judges a trial before its third epoch: a network with a large batch can
-    sit at the majority-class accuracy after one epoch and catch up by the third.
+    sit at the majority-class accuracy after one epoch and catch up by the third. With
+    cross-validation (``n_folds`` >= 2) a step is a fold, not an epoch.
     """
+    if name == "wilcoxon":
+        # The signed-rank test of n paired folds reaches p < 0.1 at n >= 4 at the earliest
+        # (one-sided exact p = 1 / 2**n), so fewer folds never prune.
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if name == "successive-halving":
@@ -268,7 +300,7 @@ def _existing_setup(name: str, url: str) -> StudySetup | None:
 def _check_same_setup(name: str, existing: StudySetup, requested: StudySetup) -> None:
     differences = []
     old, new = existing.to_dict(), requested.to_dict()
-    for key in ("data", "space", "seed", "pruner", "metric"):
+    for key in ("data", "space", "seed", "pruner", "metric", "cv"):
         if old[key] != new[key]:
             differences.append(key)
     if differences:
