@@ -66,6 +66,8 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts (default: no limit)")
     p.add_argument("--seed", type=int, help="seed of the sampler, the split and each trial (default: 0)")
     p.add_argument("--pruner", choices=("median", "successive-halving", "hyperband", "wilcoxon", "none"), help="pruner (default: median, or wilcoxon with --cv; wilcoxon needs --cv)")
+    p.add_argument("--max-params", type=int, help="parameter budget: trials whose network has more trainable parameters are pruned before training and never become the best trial, e.g. 20000 (default: no limit)")
+    p.add_argument("--max-latency-ms", type=float, help="latency budget in milliseconds: median CPU time of one forward pass of one row on one thread; slower networks are pruned before training (default: no limit)")
     p.add_argument("--cv", type=int, help="cross-validate each trial with K folds of train+validation instead of one validation split, e.g. --cv 5 (default: off); the test part stays untouched")
     p.add_argument(
         "--metric", choices=("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss", "rmse", "mae", "r2"),
@@ -105,7 +107,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
     from hpo.study import optimize
 
     options, space_values = _read_config(args.config, load_space_file)
-    for name in ("data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "cv", "device"):
+    for name in ("data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "cv", "max_params", "max_latency_ms", "device"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value
@@ -169,7 +171,7 @@ def _read_config(path: str | None, loader: Any) -> tuple[dict[str, Any], dict[st
     if unknown_tables:
         raise InputError(f"unknown table(s) {', '.join(unknown_tables)} in config file {path}; use [optimize] and [space].")
     options = dict(document.get("optimize", {}))
-    allowed = {"data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "cv", "device"}
+    allowed = {"data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "cv", "max_params", "max_latency_ms", "device"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise InputError(f"unknown key(s) {', '.join(unknown)} in [optimize] of config file {path}; known keys are: {', '.join(sorted(allowed))}.")
@@ -195,6 +197,16 @@ def _print_study_summary(study: Any) -> None:
     print(f"Best trial {best.number}: validation {metric} {best.value:.5f}{_baseline_note(stored_baseline(study))}")
     for key, value in best.user_attrs.get("config", {}).items():
         print(f"  {key} = {value}")
+    if any(study.user_attrs.get(SETTINGS_ATTR, {}).get("constraints", {}).values()):
+        _print_pareto_front(study, metric)
+
+
+def _print_pareto_front(study: Any, metric: str) -> None:
+    from hpo.budget import pareto_front
+
+    print(f"Pareto front of validation {metric} against parameter count:")
+    for trial in pareto_front(study):
+        print(f"  trial {trial.number}: {metric} {trial.value:.5f}, {trial.user_attrs['n_params']} parameters")
 
 
 def _baseline_note(baseline: dict[str, Any] | None) -> str:

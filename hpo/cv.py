@@ -17,6 +17,7 @@ import optuna
 import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from hpo.budget import Budget
 from hpo.data import SplitIndices, Table
 from hpo.engine import DeviceData, train
 from hpo.exceptions import InputError
@@ -80,8 +81,8 @@ class CrossValidationObjective(Objective):
     ``train_loss`` and ``epochs_run`` cover the folds one after another.
     """
 
-    def __init__(self, space: SearchSpace, folds: list[DeviceData], *, seed: int, metric: Metric) -> None:
-        super().__init__(space, folds[0], seed=seed, metric=metric)
+    def __init__(self, space: SearchSpace, folds: list[DeviceData], *, seed: int, metric: Metric, budget: Budget | None = None) -> None:
+        super().__init__(space, folds[0], seed=seed, metric=metric, budget=budget)
         self.folds = folds
 
     def run_trial(self, trial: optuna.Trial, config: TrialConfig, arch: dict[str, Any], seed: int, curve: list[float]) -> float:

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 import torch
 
+from hpo.budget import Budget, apply_budget
 from hpo.device import describe_device, free_device_memory
 from hpo.engine import DeviceData, EpochStats, NonFiniteLossError, train
 from hpo.metrics import METRICS, Metric
@@ -50,14 +51,24 @@ class Objective:
     pruned when the pruner says so, and stores as user attributes: ``seed``, ``n_params``,
     ``epochs_run``, ``best_epoch``, ``train_seconds``, ``device``, ``config`` (the full
     trial config) and ``train_loss`` (the per-epoch training loss curve). A trial that
-    fails or is pruned also stores a short ``reason``.
+    fails or is pruned also stores a short ``reason``. With a ``budget``, each trial
+    also gets Optuna constraints, and a network over budget is pruned before training.
     """
 
-    def __init__(self, space: SearchSpace, data: DeviceData, *, seed: int, metric: Metric = METRICS["accuracy"]) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        data: DeviceData,
+        *,
+        seed: int,
+        metric: Metric = METRICS["accuracy"],
+        budget: Budget | None = None,
+    ) -> None:
         self.space = space
         self.data = data
         self.seed = seed
         self.metric = metric
+        self.budget = budget
         self.device_name = describe_device(data.device)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -72,6 +83,8 @@ class Objective:
         curve: list[float] = []
 
         try:
+            if self.budget is not None and self.budget.is_active:
+                apply_budget(trial, arch, parameter_count(arch), self.budget)
             return self.run_trial(trial, config, arch, seed, curve)
         except optuna.TrialPruned as err:
             self._finish_attrs(trial, curve)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import optuna
 import torch
 
 from hpo.baseline import record_baseline, warn_if_skewed
+from hpo.budget import Budget
 from hpo.cv import MAX_FOLDS, CrossValidationObjective, fold_data
 from hpo.data import BUILTIN_DATASETS, DEFAULT_DATASET, SplitIndices, SplitSpec, Table
 from hpo.device import resolve_device
@@ -49,6 +50,7 @@ class StudySetup:
     pruner: str
     metric: str = "accuracy"
     cv: int = 0
+    budget: Budget = field(default_factory=Budget)
 
     @property
     def task(self) -> str:
@@ -72,6 +74,7 @@ class StudySetup:
             "metric": self.metric,
             "direction": self.direction,
             "cv": self.cv,
+            "constraints": self.budget.to_dict(),
         }
 
     @classmethod
@@ -84,6 +87,7 @@ class StudySetup:
             pruner=str(values["pruner"]),
             metric=str(values.get("metric", "accuracy")),
             cv=int(values.get("cv", 0)),
+            budget=Budget.from_dict(values.get("constraints")),
         )
 
 
@@ -100,6 +104,8 @@ def optimize(
     metric: str | None = None,
     task: str | None = None,
     cv: int | None = None,
+    max_params: int | None = None,
+    max_latency_ms: float | None = None,
     device: str = "auto",
     space: SearchSpace | dict[str, Any] | None = None,
     ignore_columns: tuple[str, ...] | list[str] = (),
@@ -129,6 +135,10 @@ def optimize(
             numeric target with more than 20 distinct values is a regression target.
         cv: Number of folds (2..20) to cross-validate each trial on train+validation
             instead of one validation split; None or 0 for no cross-validation.
+        max_params: Largest number of trainable parameters a trial's network may have.
+        max_latency_ms: Longest median CPU time of one forward pass of one row, in ms.
+            Trials over either budget are pruned before training and never become
+            ``best_trial`` (Optuna constraints, through ``trial.set_constraint``).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         space: Search space, or a dict of overrides of the default space.
         ignore_columns: Columns to drop, such as ids.
@@ -151,6 +161,7 @@ def optimize(
         raise InputError(f"unknown pruner {pruner!r}; choose from {', '.join(PRUNERS)}.")
     if cv and not 2 <= cv <= MAX_FOLDS:
         raise InputError(f"--cv must be 0 (off) or 2..{MAX_FOLDS} folds; got {cv}.")
+    requested_budget = Budget(max_params=max_params, max_latency_ms=max_latency_ms)
     torch_device = resolve_device(device)
 
     name = validate_study_name(study_name or _default_study_name(data))
@@ -165,16 +176,19 @@ def optimize(
             raise StudyError(f"study {name!r} is a {setup.task} study, not {task}; drop --task or pick a new --study name.")
         if cv is not None and cv != setup.cv:
             raise StudyError(f"study {name!r} uses --cv {setup.cv}, not {cv}; drop --cv or pick a new --study name.")
+        if requested_budget.is_active and requested_budget != setup.budget:
+            raise StudyError(f"study {name!r} has budget {setup.budget.to_dict()}; drop --max-params/--max-latency-ms or pick a new --study name.")
     else:
         if existing is not None:
             metric = existing.metric if metric is None else metric
             cv = existing.cv if cv is None else cv
             pruner = existing.pruner if pruner is None else pruner
+            requested_budget = requested_budget if requested_budget.is_active else existing.budget
         pruner = pruner or ("wilcoxon" if cv else "median")
         if pruner == "wilcoxon" and not cv:
             raise InputError("the wilcoxon pruner compares trials fold by fold, so it needs --cv K.")
         setup = _new_setup(data, target, ignore_columns, split, space, seed, pruner)
-        setup = replace(setup, data=replace(setup.data, task=None if task == "auto" else task), cv=cv or 0)
+        setup = replace(setup, data=replace(setup.data, task=None if task == "auto" else task), cv=cv or 0, budget=requested_budget)
 
     # Loading and splitting raise on bad input, before anything is written.
     table, split_indices = load_and_split(setup.data)
@@ -224,13 +238,13 @@ def _build_objective(setup: StudySetup, table: Table, split: SplitIndices, devic
     metric = METRICS[setup.metric]
     if setup.cv:
         folds = fold_data(table, split, setup.cv, setup.seed, device)
-        return CrossValidationObjective(setup.space, folds, seed=setup.seed, metric=metric), folds
+        return CrossValidationObjective(setup.space, folds, seed=setup.seed, metric=metric, budget=setup.budget), folds
     prepared = prepare(table, split)
     data = DeviceData.from_arrays(
         prepared.x_train, prepared.y_train, prepared.x_val, prepared.y_val,
         n_classes=prepared.n_classes, device=device, y_scale=prepared.target_std,
     )
-    return Objective(setup.space, data, seed=setup.seed, metric=metric), [data]
+    return Objective(setup.space, data, seed=setup.seed, metric=metric, budget=setup.budget), [data]
 
 
 def build_pruner(name: str, max_epochs: int, *, n_folds: int = 0) -> optuna.pruners.BasePruner:
@@ -300,7 +314,7 @@ def _existing_setup(name: str, url: str) -> StudySetup | None:
 def _check_same_setup(name: str, existing: StudySetup, requested: StudySetup) -> None:
     differences = []
     old, new = existing.to_dict(), requested.to_dict()
-    for key in ("data", "space", "seed", "pruner", "metric", "cv"):
+    for key in ("data", "space", "seed", "pruner", "metric", "cv", "constraints"):
         if old[key] != new[key]:
             differences.append(key)
     if differences:
