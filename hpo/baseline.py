@@ -37,6 +37,7 @@ def record_baseline(study: optuna.Study, parts: list[DeviceData], metric: Metric
         values.append(baseline_score(metric, data.y_train, data.y_val, data.n_classes, y_scale=data.y_scale))
     value = sum(values) / len(values)
     data = parts[0]
+    assert data.y_val is not None
     kind = "majority" if data.task == CLASSIFICATION else "mean"
     stored: dict[str, Any] = {"metric": metric.name, "value": round(value, 6), "kind": kind}
     if data.task == CLASSIFICATION:

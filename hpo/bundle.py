@@ -245,7 +245,7 @@ def _regression_errors(description: dict[str, Any]) -> list[str]:
     mean, std = scaling.get("mean"), scaling.get("std")
     if not _is_finite_number(mean):
         errors.append("target_scaling.mean must be a finite number")
-    if not _is_finite_number(std) or std <= 0:
+    if not (_is_finite_number(std) and isinstance(std, (int, float)) and std > 0):
         errors.append("target_scaling.std must be a finite number > 0")
     return errors
 

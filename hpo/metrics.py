@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ class Metric:
     higher_is_better: bool
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Literal["maximize", "minimize"]:
         """The Optuna study direction that optimizes this metric."""
         return "maximize" if self.higher_is_better else "minimize"
 

@@ -6,7 +6,7 @@ import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import torch
@@ -58,7 +58,7 @@ class StudySetup:
         return self.data.task or CLASSIFICATION
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Literal["maximize", "minimize"]:
         """``maximize`` or ``minimize``, following the metric."""
         return METRICS[self.metric].direction
 

@@ -29,7 +29,7 @@ def resolve_task(task: str | None, values: pd.Series, target: str, origin: str) 
     if task not in (None, *TASK_CHOICES):
         raise InputError(f"unknown task {task!r}; choose from {', '.join(TASK_CHOICES)}.")
     if task in TASKS:
-        return task  # type: ignore[return-value]
+        return str(task)
 
     numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
     n_distinct = int(values.nunique(dropna=True))
