@@ -15,6 +15,7 @@ _EXPORTS = {
     "optimize": "hpo.study",
     "finalize": "hpo.finalizer",
     "FinalizeResult": "hpo.finalizer",
+    "reproduce_trial": "hpo.retrain",
     "load_model": "hpo.bundle",
     "LoadedModel": "hpo.bundle",
     "predict_file": "hpo.predict",

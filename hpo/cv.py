@@ -91,8 +91,10 @@ class CrossValidationObjective(Objective):
         best_epochs: dict[int, int] = {}
         seconds = 0.0
         for fold in (int(k) for k in order):
+            # Folds fit their own one-hot categories, so the input width can differ by fold.
+            fold_arch = {**arch, "n_inputs": int(self.folds[fold].x_train.shape[1])}
             torch.manual_seed(seed)
-            model = build_mlp(arch).to(self.data.device)
+            model = build_mlp(fold_arch).to(self.data.device)
             result = train(model, config, self.folds[fold], seed=seed, metric=self.metric)
             del model
             assert result.best_score is not None and result.best_epoch is not None

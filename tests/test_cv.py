@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import torch
 
@@ -82,3 +83,16 @@ def test_optimize_cv_study_finalizes(tmp_path: Path) -> None:
 def test_optimize_wilcoxon_without_cv_raises() -> None:
     with pytest.raises(InputError, match="needs --cv K"):
         hpo.optimize("iris", n_trials=1, pruner="wilcoxon", device="cpu")
+
+
+def test_optimize_cv_rare_category_per_fold_width(tmp_path: Path) -> None:
+    generator = np.random.default_rng(0)
+    n_rows = 120
+    colour = np.array(["red", "blue"] * (n_rows // 2), dtype=object)
+    colour[3] = "green"  # one row: absent from the training rows of every fold but one
+    frame = pd.DataFrame({"x": generator.normal(size=n_rows), "colour": colour, "label": ["a", "b", "c"] * (n_rows // 3)})
+    frame.to_csv(tmp_path / "rare.csv", index=False)
+
+    study = hpo.optimize(str(tmp_path / "rare.csv"), "label", n_trials=1, cv=3, device="cpu", space={"max_epochs": 2, "n_layers": 1})
+
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
