@@ -14,10 +14,10 @@ from hpo.engine import DeviceData, TrainResult, train
 from hpo.metrics import METRICS, Metric
 from hpo.model import build_mlp
 from hpo.objective import architecture
-from hpo.prepare import PreparedData, load_and_split, prepare
+from hpo.prepare import PreparedData, load_and_split
 from hpo.space import TrialConfig
 from hpo.storage import load_study, resolve_storage_url, study_settings, validate_study_name
-from hpo.study import StudySetup
+from hpo.study import StudySetup, build_objective
 
 _logger = logging.getLogger(__name__)
 
@@ -64,15 +64,18 @@ def reproduce_trial(
     storage: str | None = None,
     device: str = "cpu",
 ) -> tuple[float, float]:
-    """Retrain a completed trial with its own seed on its own split and score it again.
+    """Run a completed trial again with its own parameters, seed and split, and score it.
+
+    The trial goes through the study's own objective (cross-validation and budgets
+    included) as an ``optuna.trial.FixedTrial``, which never prunes.
 
     Returns:
-        The trial's stored value and the value of the retrained network. On the CPU they
-        match to float rounding; on a GPU, nondeterministic kernels can make them differ.
+        The trial's stored value and the value of the rerun. On the CPU they match to
+        float rounding; on a GPU, nondeterministic kernels can make them differ.
 
     Raises:
         StudyError: When the study is missing.
-        ValueError: When the trial is not a completed trial with a stored config.
+        ValueError: When the trial is not a completed hpo trial.
     """
     name = validate_study_name(study_name)
     study = load_study(name, resolve_storage_url(storage, name))
@@ -82,8 +85,6 @@ def reproduce_trial(
         raise ValueError(f"trial {trial_number} of study {name!r} is not a completed hpo trial")
 
     table, split = load_and_split(setup.data)
-    data = device_data(prepare(table, split), resolve_device(device))
-    config = TrialConfig.from_dict(trial.user_attrs["config"])
-    _, result, _ = fit_network(data, config, seed=int(trial.user_attrs["seed"]), metric=METRICS[setup.metric])
-    assert result.best_score is not None
-    return float(trial.value), result.best_score  # type: ignore[arg-type]
+    objective, _ = build_objective(setup, table, split, resolve_device(device))
+    value = objective(optuna.trial.FixedTrial(trial.params, number=trial.number))  # type: ignore[arg-type]
+    return float(trial.value), float(value)  # type: ignore[arg-type]

@@ -199,7 +199,7 @@ def optimize(
     if existing is not None:
         _check_same_setup(name, existing, setup)
     metric_obj = METRICS[setup.metric]
-    objective, parts = _build_objective(setup, table, split_indices, torch_device)
+    objective, parts = build_objective(setup, table, split_indices, torch_device)
 
     storage_obj = open_storage(url, create=True)
     study = optuna.create_study(
@@ -232,9 +232,11 @@ def optimize(
     return study
 
 
-def _build_objective(setup: StudySetup, table: Table, split: SplitIndices, device: torch.device) -> tuple[Objective, list[DeviceData]]:
-    # Returns the objective and the training/validation parts it trains on: one per fold
-    # with cross-validation, else the single split.
+def build_objective(setup: StudySetup, table: Table, split: SplitIndices, device: torch.device) -> tuple[Objective, list[DeviceData]]:
+    """Return the study's objective and the training/validation parts it trains on.
+
+    The parts are one per fold with cross-validation, else the single split.
+    """
     metric = METRICS[setup.metric]
     if setup.cv:
         folds = fold_data(table, split, setup.cv, setup.seed, device)

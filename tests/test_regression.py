@@ -75,6 +75,12 @@ def test_regression_learnable_target_beats_mean_baseline(tmp_path: Path) -> None
     frame = pd.read_csv(path)
     predicted = model.predict(frame)["prediction"].to_numpy()
     assert np.corrcoef(predicted, frame["y"])[0, 1] > 0.95
+    scored = hpo.predict_frame(model, frame)
+    assert scored.n_scored == len(frame)
+    assert scored.accuracy is None
+    assert scored.scores is not None
+    assert scored.scores["r2"] > 0.9
+    assert scored.scores["rmse"] == pytest.approx(np.sqrt(np.mean((predicted - frame["y"]) ** 2)), rel=1e-9)
 
 
 @pytest.mark.parametrize(

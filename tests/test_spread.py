@@ -26,6 +26,14 @@ def test_reproduce_trial_cpu_matches_stored_value() -> None:
         assert again == pytest.approx(stored, rel=1e-6, abs=1e-9)
 
 
+def test_reproduce_trial_cv_matches_stored_value() -> None:
+    study = hpo.optimize("iris", n_trials=2, cv=3, space=_TINY, device="cpu")
+
+    trial = study.best_trial
+    stored, again = reproduce_trial("iris", trial.number, device="cpu")
+    assert again == pytest.approx(stored, rel=1e-6, abs=1e-9)
+
+
 def test_finalize_seeds_prints_mean_std_and_records_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     hpo.optimize("iris", n_trials=2, space=_TINY, device="cpu")
 
