@@ -109,13 +109,26 @@ class LoadedModel:
             return self.network(x)
 
 
+def check_output_folder(out_dir: str | Path) -> Path:
+    """Return ``out_dir`` as an absolute path, or raise if it cannot become a bundle folder.
+
+    Raises:
+        BundleError: When the path is an existing file, or lies under one.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise BundleError(f"cannot write the model to {out}: {folder} is a file; choose a folder path for --out.")
+    return out
+
+
 def save_bundle(out_dir: str | Path, network: nn.Module, description: dict[str, Any]) -> Path:
     """Write ``model.pt`` and ``model.json`` into ``out_dir`` and return the folder.
 
     Both files are written to temporary names first and then renamed, so an
     interrupted save never leaves a half-written bundle under the final names.
     """
-    out = Path(out_dir).expanduser().resolve()
+    out = check_output_folder(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {key: tensor.detach().cpu().contiguous() for key, tensor in network.state_dict().items()}
 

@@ -13,14 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from hpo import __version__
-from hpo.exceptions import HpoError, InputError
+from hpo.exceptions import HpoError
 
 _logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-_CONFIG_TABLES = ("optimize", "space")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,12 +102,13 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _run_optimize(args: argparse.Namespace) -> int:
-    from hpo.space import SearchSpace, load_space_file, parse_override
+    from hpo.config import OPTION_TYPES, read_config
+    from hpo.space import SearchSpace, parse_override
     from hpo.study import optimize
 
-    options, space_values = _read_config(args.config, load_space_file)
-    for name in ("data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "cv", "max_params", "max_latency_ms", "device"):
-        value = getattr(args, name)
+    options, space_values = read_config(args.config)
+    for name in OPTION_TYPES:
+        value = getattr(args, name, None)
         if value is not None:
             options[name] = value
     for text in args.space:
@@ -161,21 +161,6 @@ def _run_predict(args: argparse.Namespace) -> int:
         scores = ", ".join(f"{name} {value:.5f}" for name, value in result.scores.items())
         print(f"{scores} on {result.n_scored} rows", file=sys.stderr if args.output is None else sys.stdout)
     return EXIT_OK
-
-
-def _read_config(path: str | None, loader: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    if path is None:
-        return {}, {}
-    document = loader(path)
-    unknown_tables = sorted(set(document) - set(_CONFIG_TABLES))
-    if unknown_tables:
-        raise InputError(f"unknown table(s) {', '.join(unknown_tables)} in config file {path}; use [optimize] and [space].")
-    options = dict(document.get("optimize", {}))
-    allowed = {"data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "cv", "max_params", "max_latency_ms", "device"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise InputError(f"unknown key(s) {', '.join(unknown)} in [optimize] of config file {path}; known keys are: {', '.join(sorted(allowed))}.")
-    return options, dict(document.get("space", {}))
 
 
 def _print_study_summary(study: Any) -> None:

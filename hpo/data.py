@@ -287,13 +287,20 @@ def _validate(frame: pd.DataFrame, target: str, ignore: tuple[str, ...], origin:
 def _normalize_labels(values: pd.Series) -> pd.Series:
     # Integer labels stay ints, so 0/1 targets print as such. Everything else becomes str,
     # because that keeps labels JSON-able and makes "1" in a CSV equal to "1" at predict time.
+    # Labels that are already normalized (ints in an object column) are returned as they are,
+    # so the function can be applied twice.
     if pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.astype("int64")
-    if pd.api.types.is_float_dtype(values):
-        non_null = values.dropna()
-        if len(non_null) and np.all(np.equal(np.mod(non_null, 1), 0)):
-            return values.astype("Int64").astype(object).where(values.notna(), None)
-    return values.astype(str).where(values.notna(), None)
+    non_null = values.dropna()
+    if pd.api.types.is_float_dtype(values) and len(non_null) and np.all(np.isfinite(non_null)) and np.all(np.mod(non_null, 1) == 0):
+        return values.map(lambda v: None if pd.isna(v) else int(v)).astype(object)
+    if values.dtype == object and len(non_null) and all(_is_plain_int(v) for v in non_null):
+        return values
+    return values.map(lambda v: None if pd.isna(v) else str(v)).astype(object)
+
+
+def _is_plain_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_row_count(table: Table, spec: SplitSpec) -> None:

@@ -15,14 +15,14 @@ import torch
 
 from hpo import __version__
 from hpo.baseline import stored_baseline
-from hpo.bundle import JSON_NAME, WEIGHTS_NAME, save_bundle
+from hpo.bundle import JSON_NAME, WEIGHTS_NAME, check_output_folder, save_bundle
 from hpo.device import resolve_device
 from hpo.engine import predict_logits
 from hpo.exceptions import InputError, StudyError
 from hpo.metrics import CLASSIFICATION, METRICS, REGRESSION, compute_metrics, per_class_report
 from hpo.model import count_parameters
-from hpo.retrain import device_data, fit_network
 from hpo.prepare import load_and_split, prepare
+from hpo.retrain import device_data, fit_network
 from hpo.space import TrialConfig
 from hpo.spread import MarginCheck, SeedSpread, check_margin, measure_spread
 from hpo.storage import (
@@ -145,6 +145,7 @@ def finalize(
     if top_k > 1 and n_seeds < 2:
         raise InputError(f"--top-k {top_k} compares trials against the seed noise, so it needs --seeds 2 or more.")
     name = validate_study_name(study_name)
+    check_output_folder(out_dir)
     url = resolve_storage_url(storage, name)
     torch_device = resolve_device(device)
     study = load_study(name, url)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from hpo.bundle import LoadedModel, load_model
 from hpo.data import encode_labels, read_frame
+from hpo.exceptions import InputError
 
 _logger = logging.getLogger(__name__)
 
@@ -72,12 +73,14 @@ def predict_file(model_dir: str | Path, data: str | Path, output: str | Path | N
         BundleError: When the bundle cannot be loaded.
         InputError: When the data file is unusable or lacks a feature column.
     """
+    out = None if output is None else Path(output).expanduser().resolve()
+    if out is not None and out.is_dir():
+        raise InputError(f"--output {out} is a folder; give a file name such as {out / 'predictions.csv'}.")
     model = load_model(model_dir)
     path = Path(data).expanduser().resolve()
     frame = read_frame(path)
     result = predict_frame(model, frame, source=str(path))
-    if output is not None:
-        out = Path(output).expanduser().resolve()
+    if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         result.predictions.to_csv(out, index=False)
         _logger.info("Wrote %d predictions to %s.", len(result.predictions), out)

@@ -101,11 +101,18 @@ def fit_preprocessing(frame: pd.DataFrame, features: tuple[str, ...] | list[str]
 
     numeric: list[NumericColumn] = []
     if numeric_names:
-        values = frame[numeric_names].to_numpy(dtype=np.float64)
-        imputer = SimpleImputer(strategy="median").fit(values)
-        scaler = StandardScaler().fit(imputer.transform(values))
+        values = _finite_or_nan(frame[numeric_names].to_numpy(dtype=np.float64), numeric_names, "the training rows")
+        imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(values)
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaler = StandardScaler().fit(imputer.transform(values))
         for i, name in enumerate(numeric_names):
-            numeric.append(NumericColumn(name, float(imputer.statistics_[i]), float(scaler.mean_[i]), float(scaler.scale_[i])))
+            column = NumericColumn(name, float(imputer.statistics_[i]), float(scaler.mean_[i]), float(scaler.scale_[i]))
+            if not all(np.isfinite([column.median, column.mean, column.scale])):
+                raise InputError(
+                    f"numeric column {name!r} has values too large to standardize (largest magnitude "
+                    f"{np.nanmax(np.abs(values[:, i])):.3g}); rescale it or drop it with --ignore-columns."
+                )
+            numeric.append(column)
 
     categorical: list[CategoricalColumn] = []
     if categorical_names:
@@ -149,6 +156,7 @@ def apply_preprocessing(prep: Preprocessing, frame: pd.DataFrame, *, source: str
         medians = np.array([c.median for c in prep.numeric])
         means = np.array([c.mean for c in prep.numeric])
         scales = np.array([c.scale for c in prep.numeric])
+        values = _finite_or_nan(values, names, source)
         values = np.where(np.isnan(values), medians, values)
         blocks.append((values - means) / scales)
 
@@ -168,6 +176,14 @@ def apply_preprocessing(prep: Preprocessing, frame: pd.DataFrame, *, source: str
     if not blocks:
         return np.zeros((len(frame), 0), dtype=np.float32)
     return np.hstack(blocks).astype(np.float32)
+
+
+def _finite_or_nan(values: np.ndarray, names: list[str], source: str) -> np.ndarray:
+    # Infinities cannot be standardized, so they are imputed like missing values.
+    infinite = np.isinf(values)
+    for i in np.nonzero(infinite.any(axis=0))[0]:
+        _logger.warning("Column %r in %s has %d infinite value(s); they are imputed like missing ones.", names[i], source, int(infinite[:, i].sum()))
+    return np.where(infinite, np.nan, values)
 
 
 def _is_numeric(series: pd.Series) -> bool:

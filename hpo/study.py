@@ -153,6 +153,8 @@ def optimize(
         StudyError: When the existing study does not match, or trials keep failing.
         StorageError: When the storage cannot be opened.
     """
+    if not 0 <= seed < 2**32:
+        raise InputError(f"seed must be in 0..{2**32 - 1}; got {seed}.")
     if n_trials is not None and n_trials < 1:
         raise InputError(f"n_trials must be >= 1; got {n_trials}.")
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
@@ -334,7 +336,7 @@ def _sampler_seed(seed: int, name: str, storage: optuna.storages.BaseStorage) ->
         n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
     except KeyError:
         n_existing = 0
-    return seed + n_existing
+    return (seed + n_existing) % 2**32
 
 
 def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

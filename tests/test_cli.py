@@ -194,3 +194,52 @@ def test_run_study_script_smoke(tmp_path: Path) -> None:
     predictions = pd.read_csv(tmp_path / "models" / "iris_script" / "predictions.csv")
     assert len(predictions) == 150
     assert "accuracy" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("config", "pattern"),
+    [
+        ('optimize = 3\n', "optimize must be a table"),
+        ('[optimize]\nn_trials = "ten"\n', "n_trials must be a int; got 'ten'"),
+        ('[optimize]\nseed = true\n', "seed must be a int; got True"),
+        ('[optimize]\ndata = 5\n', "data must be a str; got 5"),
+        ('[optimize]\nignore_columns = [1, 2]\n', "ignore_columns must list strings"),
+        ('[model]\nx = 1\n', "unknown table\\(s\\) model"),
+    ],
+)
+def test_optimize_config_wrong_type_exits_2(config: str, pattern: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cfg.toml"
+    path.write_text(config)
+
+    code = main(["optimize", "--config", str(path)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.search(pattern, err), err
+    assert not (tmp_path / "study_db").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", "5000000000"])
+def test_optimize_seed_out_of_range_exits_2(seed: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["optimize", "--seed", seed, "--n-trials", "1"])
+
+    assert code == 2
+    assert "seed must be in 0..4294967295" in capsys.readouterr().err
+
+
+def test_finalize_out_is_file_exits_2_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["optimize", "--data", "iris", "--n-trials", "1", "--max-epochs", "1", "-q"]) == 0
+    blocker = tmp_path / "taken.csv"
+    blocker.write_text("x\n")
+
+    code = main(["finalize", "--study", "iris", "--out", str(blocker / "model"), "-q"])
+
+    assert code == 2
+    assert f"{blocker} is a file" in capsys.readouterr().err
+
+
+def test_predict_output_is_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.csv"), "--output", str(tmp_path)])
+
+    assert code == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err

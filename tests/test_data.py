@@ -191,3 +191,18 @@ def test_split_rows_rare_class_raises(tmp_path: Path) -> None:
 def test_split_spec_fractions_must_sum_to_one() -> None:
     with pytest.raises(InputError, match="add up to 1"):
         SplitSpec(train=0.5, validation=0.2, test=0.2)
+
+
+def test_encode_labels_integral_float_target_round_trips(tmp_path: Path) -> None:
+    from hpo.data import encode_labels
+
+    frame = _frame().assign(label=np.where(np.arange(40) % 2 == 0, 1.0, 0.0))
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    table = load_table(path, "label", task="classification")
+
+    codes = encode_labels(table.frame["label"], table.classes)
+
+    assert table.classes == (0, 1)
+    assert (codes >= 0).all()
+    assert codes.tolist() == [1 - (i % 2) for i in range(40)]

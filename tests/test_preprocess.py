@@ -77,3 +77,22 @@ def test_preprocessing_json_round_trip_gives_same_output() -> None:
 def test_preprocessing_from_dict_missing_field_raises() -> None:
     with pytest.raises(InputError, match="invalid preprocessing description"):
         Preprocessing.from_dict({"numeric": [{"name": "x"}], "categorical": []})
+
+
+def test_fit_preprocessing_infinite_values_imputed(caplog: pytest.LogCaptureFixture) -> None:
+    frame = pd.DataFrame({"x": [1.0, 2.0, np.inf, 4.0, -np.inf]})
+
+    with caplog.at_level(logging.WARNING, logger="hpo.preprocess"):
+        prep = fit_preprocessing(frame, ["x"])
+        x = apply_preprocessing(prep, frame)
+
+    assert prep.numeric[0].median == 2.0
+    assert np.isfinite(x).all()
+    assert "2 infinite value(s)" in caplog.text
+
+
+def test_fit_preprocessing_too_large_values_raise() -> None:
+    frame = pd.DataFrame({"x": [1e300, -1e300, 3e300, 2.0]})
+
+    with pytest.raises(InputError, match="numeric column 'x' has values too large to standardize"):
+        fit_preprocessing(frame, ["x"])
