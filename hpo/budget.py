@@ -115,7 +115,7 @@ def measure_latency_ms(network: nn.Module) -> float:
 
 
 def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Return the completed trials that no other trial beats on both value and ``n_params``.
+    """Return the completed, feasible trials that no other such trial beats on value and ``n_params``.
 
     A trial is dominated when another has a value at least as good, at most as many
     parameters, and is strictly better in one of them. The front is sorted by ``n_params``.
@@ -124,6 +124,7 @@ def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     trials = [
         t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if t.value is not None and math.isfinite(t.value) and "n_params" in t.user_attrs
+        and all(value <= 0.0 for value in t.constraints.values())
     ]
 
     def score(t: optuna.trial.FrozenTrial) -> tuple[float, int]:
