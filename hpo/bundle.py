@@ -303,4 +303,8 @@ def _sha256(path: Path) -> str:
 def _temp_path(folder: Path, name: str) -> Path:
     handle, temp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
     os.close(handle)
+    # mkstemp creates the file as 0600; a bundle is meant to be shared like any other file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)
     return Path(temp)

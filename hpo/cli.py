@@ -10,23 +10,30 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 from hpo import __version__
 from hpo.exceptions import HpoError
+from hpo.space import SearchSpace
 
 _logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+_LOGGING_FLAGS = (
+    (("--debug",), "show tracebacks of errors and of failed trials"),
+    (("-v", "--verbose"), "log per-epoch details (DEBUG level)"),
+    (("-q", "--quiet"), "log warnings and errors only"),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hpo`` command and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
+    _configure_logging(args.verbose, args.quiet, args.debug)
     try:
         return int(args.handler(args))
     except HpoError as err:
@@ -43,10 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one subcommand per operation."""
     parser = argparse.ArgumentParser(prog="hpo", description="Hyperparameter optimization of PyTorch MLPs on tabular data.")
     parser.add_argument("--version", action="version", version=f"hpo {__version__}")
+    # The logging flags work before and after the command name. SUPPRESS keeps a
+    # subcommand's unset flag from overwriting one given before the command.
+    for flags, help_text in _LOGGING_FLAGS:
+        parser.add_argument(*flags, action="store_true", help=help_text)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    common.add_argument("-v", "--verbose", action="store_true", help="log per-epoch details (DEBUG level)")
-    common.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    for flags, help_text in _LOGGING_FLAGS:
+        common.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help=help_text)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _add_optimize(sub.add_parser("optimize", parents=[common], help="run trials on a new or existing study", description="Run trials on a new or existing study."))
@@ -79,7 +89,7 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto, CUDA when present)")
     p.add_argument("--config", help="TOML file with [optimize] options and [space] ranges; flags override it")
-    p.add_argument("--space", action="append", default=[], metavar="KEY=VALUE", help="override one search-space entry, VALUE in TOML syntax, e.g. n_layers=[1,3] or activation=\"relu\"; repeatable")
+    p.add_argument("--space", action="append", default=[], metavar="KEY=VALUE", help=f"override one search-space entry, VALUE in TOML syntax, e.g. n_layers=[1,3] or activation=\"relu\"; repeatable. Keys: {', '.join(f.name for f in fields(SearchSpace))}")
     p.add_argument("--max-epochs", type=int, help="maximum epochs per trial (default: 30)")
     p.set_defaults(handler=_run_optimize)
 
@@ -204,7 +214,7 @@ def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _configure_logging(verbose: bool, quiet: bool) -> None:
+def _configure_logging(verbose: bool, quiet: bool, debug: bool) -> None:
     import optuna
 
     level = logging.INFO
@@ -218,6 +228,7 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    # hpo logs each trial itself; Optuna's own per-trial lines would repeat them.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # hpo logs each trial and its failure reason itself. Optuna's own per-trial lines would
+    # repeat them, with a traceback for each failed trial, so they show only with --debug.
+    optuna.logging.set_verbosity(optuna.logging.WARNING if debug else optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

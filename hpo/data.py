@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ BUILTIN_DATASETS = ("synthetic", "iris", "wine", "breast_cancer", "digits")
 DEFAULT_DATASET = "synthetic"
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _SNIFF_BYTES = 64 * 1024
+_UNSUPPORTED_SUFFIXES = (".xlsx", ".xls", ".ods", ".json", ".feather", ".h5", ".hdf5", ".pkl", ".pickle", ".zip", ".gz")
+# Share of a text column's values that must parse as numbers for it to be read as numeric.
+_NUMERIC_SHARE = 0.95
+_DECIMAL_COMMA = re.compile(r"(^|;)\s*-?\d+,\d+\s*(;|$)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,8 @@ def read_frame(path: Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise InputError(f"data file is empty: {path}. Point --data at a CSV or Parquet file with a header and rows.")
 
+    if path.suffix.lower() in _UNSUPPORTED_SUFFIXES:
+        raise InputError(f"unsupported data format {path.suffix!r} for {path}; save the table as CSV or Parquet.")
     if path.suffix.lower() in _PARQUET_SUFFIXES:
         try:
             frame = pd.read_parquet(path)
@@ -145,6 +152,8 @@ def read_frame(path: Path) -> pd.DataFrame:
     if frame.empty:
         raise InputError(f"data file {path} has a header but no rows. Add data rows.")
     frame.columns = columns
+    if path.suffix.lower() not in _PARQUET_SUFFIXES:
+        frame = _coerce_numeric_text(frame, path)
     return frame
 
 
@@ -226,16 +235,47 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
     separator = _sniff_separator(head)
     header = next(csv.reader([head.splitlines()[0]], delimiter=separator))
     columns = [c.strip() for c in header]
+    # A semicolon file with numbers like 1,5 uses the decimal comma of many European locales.
+    decimal = "," if separator == ";" and _DECIMAL_COMMA.search(head) else "."
 
     try:
-        frame = pd.read_csv(path, sep=separator, encoding="utf-8-sig", skipinitialspace=True)
+        # index_col=False keeps a trailing separator on data rows from shifting the columns.
+        frame = pd.read_csv(path, sep=separator, decimal=decimal, encoding="utf-8-sig", skipinitialspace=True, index_col=False)
     except pd.errors.EmptyDataError as err:
         raise InputError(f"data file is empty: {path}.") from err
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot parse CSV file {path}: {err}") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"data file {path} is not UTF-8 text (invalid byte at position {err.start}); save it as UTF-8 CSV or Parquet.") from err
+    except pd.errors.ParserError as err:
+        detail = " ".join(str(err).split())
+        raise InputError(f"cannot parse CSV file {path}: {detail}. Check that every row has as many fields as the header.") from err
     if len(frame.columns) != len(columns):
         raise InputError(f"cannot parse the header of CSV file {path}; check that every row has the same columns.")
     return frame, columns
+
+
+def _coerce_numeric_text(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Read text columns whose values are nearly all numbers as numeric, with the rest missing.
+
+    A stray "?" or "n/a" would otherwise turn a numeric column into hundreds of one-hot inputs.
+    """
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            continue
+        present = column.dropna()
+        if present.empty:
+            continue
+        numbers = pd.to_numeric(present, errors="coerce")
+        n_bad = int(numbers.isna().sum())
+        if n_bad == 0 or n_bad > (1 - _NUMERIC_SHARE) * len(present):
+            continue
+        examples = ", ".join(repr(v) for v in present[numbers.isna()].unique()[:3])
+        _logger.warning(
+            "Column %r in %s is numeric but for %d value(s) such as %s; they are read as missing.",
+            name, path, n_bad, examples,
+        )
+        frame[name] = pd.to_numeric(column, errors="coerce")
+    return frame
 
 
 def _sniff_separator(head: str) -> str:

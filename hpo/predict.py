@@ -76,6 +76,8 @@ def predict_file(model_dir: str | Path, data: str | Path, output: str | Path | N
     out = None if output is None else Path(output).expanduser().resolve()
     if out is not None and out.is_dir():
         raise InputError(f"--output {out} is a folder; give a file name such as {out / 'predictions.csv'}.")
+    if out is not None and out == Path(data).expanduser().resolve():
+        raise InputError(f"--output {out} is the input data file; write the predictions to another file.")
     model = load_model(model_dir)
     path = Path(data).expanduser().resolve()
     frame = read_frame(path)

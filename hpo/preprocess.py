@@ -142,6 +142,8 @@ def apply_preprocessing(prep: Preprocessing, frame: pd.DataFrame, *, source: str
     Raises:
         InputError: When a feature column is missing or a numeric column contains text.
     """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame with the feature columns; got {type(frame).__name__}.")
     missing = [c for c in prep.columns if c not in frame.columns]
     if missing:
         raise InputError(f"{source} lacks feature column(s) {', '.join(map(repr, missing))}; the model needs: {', '.join(prep.columns)}.")

@@ -153,6 +153,12 @@ def optimize(
         StudyError: When the existing study does not match, or trials keep failing.
         StorageError: When the storage cannot be opened.
     """
+    if data is not None and not isinstance(data, (str, Path)):
+        raise TypeError(f"data must be a file path or a built-in data set name, not {type(data).__name__}; save a DataFrame with to_parquet() first.")
+    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int)):
+        raise TypeError(f"n_trials must be an int or None; got {n_trials!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int; got {seed!r}.")
     if not 0 <= seed < 2**32:
         raise InputError(f"seed must be in 0..{2**32 - 1}; got {seed}.")
     if n_trials is not None and n_trials < 1:
@@ -166,10 +172,13 @@ def optimize(
     requested_budget = Budget(max_params=max_params, max_latency_ms=max_latency_ms)
     torch_device = resolve_device(device)
 
-    name = validate_study_name(study_name or _default_study_name(data))
+    name = validate_study_name(study_name if study_name is not None else _default_study_name(data))
     url = resolve_storage_url(storage, name)
+    if sqlite_path(url) is None and url.startswith("sqlite"):
+        raise InputError(f"storage {url!r} is an in-memory SQLite database, which is lost when hpo exits; give a file, e.g. sqlite:///study_db/{name}.db.")
     existing = _existing_setup(name, url)
     if existing is not None and data is None:
+        _reject_ignored_options(name, existing, space=space, pruner=pruner, target=target, ignore_columns=ignore_columns)
         setup = existing
         _logger.info("Resuming study %r with its stored data %s.", name, setup.data.source)
         if metric is not None and metric != setup.metric:
@@ -231,7 +240,37 @@ def optimize(
     )
     if guard.tripped:
         raise StudyError(f"stopped after {guard.count} failed trials in a row; last reason: {guard.last_reason}")
+    if guard.n_failed and not guard.n_finished_ok:
+        raise StudyError(f"no trial of this run completed: {guard.n_failed} failed; last reason: {guard.last_reason}")
     return study
+
+
+def _reject_ignored_options(
+    name: str,
+    existing: StudySetup,
+    *,
+    space: SearchSpace | dict[str, Any] | None,
+    pruner: str | None,
+    target: str | None,
+    ignore_columns: tuple[str, ...] | list[str],
+) -> None:
+    """Raise when a resume passes settings that the stored study would silently override."""
+    ignored = []
+    if space is not None:
+        requested = SearchSpace.from_dict(space) if isinstance(space, dict) else space
+        if requested != existing.space:
+            ignored.append("search space (--space, --max-epochs, [space])")
+    if pruner is not None and pruner != existing.pruner:
+        ignored.append(f"--pruner {pruner} (stored: {existing.pruner})")
+    if target is not None and target != existing.data.target:
+        ignored.append(f"--target {target} (stored: {existing.data.target})")
+    if ignore_columns and tuple(ignore_columns) != existing.data.ignore_columns:
+        ignored.append("--ignore-columns")
+    if ignored:
+        raise StudyError(
+            f"study {name!r} exists and keeps its stored settings, so these options would be ignored: "
+            f"{'; '.join(ignored)}. Drop them to resume, or pick a new --study name."
+        )
 
 
 def build_objective(setup: StudySetup, table: Table, split: SplitIndices, device: torch.device) -> tuple[Objective, list[DeviceData]]:
@@ -360,14 +399,18 @@ class _FailureGuard:
     def __init__(self, limit: int = MAX_CONSECUTIVE_FAILURES) -> None:
         self.limit = limit
         self.count = 0
+        self.n_failed = 0
+        self.n_finished_ok = 0
         self.last_reason = ""
         self.tripped = False
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state != optuna.trial.TrialState.FAIL:
             self.count = 0
+            self.n_finished_ok += 1
             return
         self.count += 1
+        self.n_failed += 1
         self.last_reason = str(trial.user_attrs.get(REASON_ATTR, "unknown reason"))
         if self.count >= self.limit:
             self.tripped = True

@@ -105,3 +105,16 @@ def test_load_model_shape_mismatch_raises(tmp_path: Path) -> None:
 
     with pytest.raises(BundleError, match="do not fit the architecture"):
         load_model(folder)
+
+
+def test_save_bundle_files_follow_umask(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        _, folder = _save(tmp_path / "model")
+    finally:
+        os.umask(old)
+
+    assert (folder / WEIGHTS_NAME).stat().st_mode & 0o777 == 0o644
+    assert (folder / JSON_NAME).stat().st_mode & 0o777 == 0o644

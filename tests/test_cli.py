@@ -243,3 +243,72 @@ def test_predict_output_is_folder_exits_2(tmp_path: Path, capsys: pytest.Capture
 
     assert code == 2
     assert "is a folder; give a file name" in capsys.readouterr().err
+
+
+def test_optimize_resume_with_changed_space_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["optimize", "--data", "iris", "--n-trials", "1", "--max-epochs", "1", "-q"]) == 0
+    db = tmp_path / "study_db" / "iris.db"
+    before = db.read_bytes()
+
+    code = main(["optimize", "--study", "iris", "--n-trials", "1", "--max-epochs", "3", "--pruner", "none"])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "these options would be ignored" in err
+    assert "search space" in err
+    assert "--pruner none (stored: median)" in err
+    assert db.read_bytes() == before
+
+
+def test_optimize_in_memory_sqlite_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["optimize", "--storage", "sqlite://", "--n-trials", "1"])
+
+    assert code == 2
+    assert "in-memory SQLite database" in capsys.readouterr().err
+
+
+def test_optimize_empty_study_name_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["optimize", "--study", "", "--n-trials", "1"])
+
+    assert code == 2
+    assert "invalid study name ''" in capsys.readouterr().err
+
+
+def test_optimize_all_trials_failed_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    frame = _table(90).assign(a=1e30)  # standardizes fine but a huge lr makes the loss overflow
+    path = _csv(tmp_path / "t.csv", frame)
+
+    code = main([
+        "optimize", "--data", path, "--target", "label", "--n-trials", "2", "--max-epochs", "2",
+        "--space", "lr=10.0", "--space", "optimizer=\"sgd\"", "--space", "n_units=512", "--space", "n_layers=5",
+        "--space", "momentum=0.99", "--space", "batch_size=8", "--space", "activation=\"relu\"", "--space", "dropout=0.0",
+    ])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no trial of this run completed: 2 failed; last reason: non-finite loss" in err
+
+
+def test_debug_flag_accepted_before_command(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--debug", "optimize", "--data", "nope"])
+
+    assert code == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_predict_output_same_as_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("a\n1\n")
+
+    code = main(["predict", "--model", str(tmp_path / "m"), "--data", str(data), "--output", str(data)])
+
+    assert code == 2
+    assert "is the input data file" in capsys.readouterr().err
+    assert data.read_text() == "a\n1\n"
+
+
+def test_optimize_api_rejects_dataframe_with_hint() -> None:
+    import hpo
+
+    with pytest.raises(TypeError, match="save a DataFrame with to_parquet"):
+        hpo.optimize(_table(), "label")

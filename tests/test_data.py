@@ -206,3 +206,48 @@ def test_encode_labels_integral_float_target_round_trips(tmp_path: Path) -> None
     assert table.classes == (0, 1)
     assert (codes >= 0).all()
     assert codes.tolist() == [1 - (i % 2) for i in range(40)]
+
+
+def test_read_frame_decimal_comma_read_as_numbers(tmp_path: Path) -> None:
+    path = _write(tmp_path / "euro.csv", "a;b;label\n1,5;2,25;x\n3,0;4,5;y\n")
+
+    frame = read_frame(path)
+
+    assert frame["a"].tolist() == [1.5, 3.0]
+    assert frame["b"].tolist() == [2.25, 4.5]
+
+
+def test_read_frame_trailing_separator_keeps_columns(tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.csv", "a,b,label\n1,2,x,\n3,4,y,\n")
+
+    frame = read_frame(path)
+
+    assert frame["label"].tolist() == ["x", "y"]
+
+
+def test_read_frame_stray_text_in_numeric_column_is_missing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = "\n".join(f"{i}.5,{'?' if i == 7 else i},x" for i in range(40))
+    path = _write(tmp_path / "t.csv", "a,b,label\n" + rows + "\n")
+
+    with caplog.at_level("WARNING", logger="hpo.data"):
+        frame = read_frame(path)
+
+    assert pd.api.types.is_float_dtype(frame["b"])
+    assert frame["b"].isna().sum() == 1
+    assert "Column 'b'" in caplog.text and "'?'" in caplog.text
+
+
+def test_read_frame_late_invalid_utf8_names_position(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    body = "a,b,label\n" + "1,2,x\n" * 20000 + "1,2,caf\xe9\n"
+    path.write_bytes(body.encode("latin-1"))
+
+    with pytest.raises(InputError, match="is not UTF-8 text \\(invalid byte at position"):
+        read_frame(path)
+
+
+def test_read_frame_spreadsheet_rejected(tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.xlsx", "not really a spreadsheet")
+
+    with pytest.raises(InputError, match="unsupported data format '.xlsx'"):
+        read_frame(path)
