@@ -65,8 +65,11 @@ def train_loss_by_lr_figure(trials: Sequence[optuna.trial.FrozenTrial]) -> go.Fi
     Raises:
         ValueError: When no trial has both a training-loss curve and a learning rate.
     """
-    curves = [(trial, _loss_curve(trial), trial.params.get("lr")) for trial in trials]
-    curves = [(trial, loss, lr) for trial, loss, lr in curves if loss and isinstance(lr, float) and lr > 0]
+    curves: list[tuple[optuna.trial.FrozenTrial, list[float | None], float]] = []
+    for trial in trials:
+        loss, lr = _loss_curve(trial), _learning_rate(trial)
+        if loss and lr is not None:
+            curves.append((trial, loss, lr))
     if not curves:
         raise ValueError("no trial stored a training-loss curve and a learning rate yet")
     log_lrs = [math.log10(lr) for _, _, lr in curves]
@@ -99,6 +102,15 @@ def train_loss_by_lr_figure(trials: Sequence[optuna.trial.FrozenTrial]) -> go.Fi
     )
     figure.update_layout(title="Training loss per epoch by learning rate (dotted: pruned)", xaxis_title="epoch", yaxis_title="training loss", yaxis_type="log")
     return figure
+
+
+def _learning_rate(trial: optuna.trial.FrozenTrial) -> float | None:
+    # A fixed learning rate is no trial parameter, but the stored trial config has it.
+    config = trial.user_attrs.get("config")
+    value = trial.params.get("lr", config.get("lr") if isinstance(config, dict) else None)
+    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
 
 
 def _loss_curve(trial: optuna.trial.FrozenTrial) -> list[float | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ class ReadOnlyArtifactStore:
 
     def open_reader(self, artifact_id: str) -> IO[bytes]:
         """Open an artifact for reading."""
-        return self._store.open_reader(artifact_id)  # type: ignore[no-any-return]
+        return self._store.open_reader(artifact_id)
 
     def write(self, artifact_id: str, content_body: IO[bytes]) -> None:
         """Reject the upload: the dashboard is read-only."""
@@ -126,10 +127,11 @@ def serve_dashboard(
     artifact_dir = _artifact_dir(rdb_storage, study_id)
     app = _build_app(rdb_storage, artifact_dir, writable=writable)
 
-    server = make_server(host, port, app, server_class=_ThreadingWSGIServer, handler_class=_LoggingRequestHandler)
-    bound_host, bound_port = server.server_address[:2]
+    server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
+    server = make_server(host, port, app, server_class=server_class, handler_class=_LoggingRequestHandler)
+    bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
     page = f"/dashboard/studies/{study_id}" if study_id is not None else "/dashboard"
-    url_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     info = DashboardInfo(f"http://{url_host}:{bound_port}{page}", mask_password(url), writable, artifact_dir)
     _logger.info("Dashboard on %s for %s (%s).", info.url, info.storage, "writable" if writable else "read-only")
     if on_ready is not None:
@@ -204,6 +206,10 @@ def _is_loopback(host: str) -> bool:
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+
+
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
 
 
 class _LoggingRequestHandler(WSGIRequestHandler):

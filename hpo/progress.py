@@ -124,7 +124,7 @@ def describe_counts(counts: TrialCounts) -> str:
     return text
 
 
-class ProgressLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class ProgressLogHandler(logging.StreamHandler):
     """A stream handler that writes through tqdm, so that log lines do not break an open progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
