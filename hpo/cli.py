@@ -262,21 +262,6 @@ def _run_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_config(path: str | None, loader: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    if path is None:
-        return {}, {}
-    document = loader(path)
-    unknown_tables = sorted(set(document) - set(_CONFIG_TABLES))
-    if unknown_tables:
-        raise InputError(f"unknown table(s) {', '.join(unknown_tables)} in config file {path}; use [optimize] and [space].")
-    options = dict(document.get("optimize", {}))
-    allowed = {"data", "target", "ignore_columns", "study_name", "storage", "n_trials", "timeout", "seed", "pruner", "metric", "task", "cv", "max_params", "max_latency_ms", "device"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise InputError(f"unknown key(s) {', '.join(unknown)} in [optimize] of config file {path}; known keys are: {', '.join(sorted(allowed))}.")
-    return options, dict(document.get("space", {}))
-
-
 def _baseline_note(baseline: dict[str, Any] | None) -> str:
     if not baseline:
         return ""

@@ -23,6 +23,7 @@ from hpo.exceptions import InputError
 from hpo.finalizer import FINAL_ATTR
 from hpo.overview import format_cell, label_test_metric, load_study_read_only, metric_name
 from hpo.progress import count_trials
+from hpo.tradeoff import size_tradeoff_figure
 from hpo.storage import mask_password, resolve_storage_url, validate_study_name
 
 _logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ FIGURE_IDS = (
     "train-loss-by-lr",
     "parallel-coordinate",
     "slice",
+    "size-tradeoff",
 )
 
 
@@ -55,7 +57,8 @@ def write_report(study_name: str, out_dir: str | Path, *, storage: str | None = 
 
     The page embeds plotly.js, so it opens offline. It shows the optimization history,
     parameter importances, the validation metric per epoch (pruned trials dotted), training
-    loss per epoch coloured by learning rate, parallel coordinates, slice plots, the top
+    loss per epoch coloured by learning rate, parallel coordinates, slice plots, the
+    validation metric against network size with its Pareto front, the top
     trials and, once the study was finalized, the final model's test metrics. A figure that
     cannot be drawn yet (for example importances before two trials completed) is replaced
     by a line with the reason. The storage is opened read-only.
@@ -132,6 +135,7 @@ def _figure_builders(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]
         ("Training loss by learning rate", lambda: train_loss_by_lr_figure(trials)),
         ("Parallel coordinates", lambda: _require_complete(study, 1, lambda s: visualization.plot_parallel_coordinate(s, params=params))),
         ("Slice plots", lambda: _require_complete(study, 1, lambda s: visualization.plot_slice(s, params=params))),
+        (f"Validation {metric} against network size", lambda: size_tradeoff_figure(study, metric)),
     ]
 
 
