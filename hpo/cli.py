@@ -1,6 +1,8 @@
 """Command-line interface: parse arguments, call the Python API, map errors to exit codes.
 
-Exit codes: 0 success, 1 a study or storage problem, 2 bad input or usage, 130 interrupted.
+Exit codes: 0 success (for ``optimize``: the study has a completed trial), 1 a study or
+storage problem (including a study where no trial completed), 2 bad input or usage,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,18 +24,14 @@ _logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-_LOGGING_FLAGS = (
-    (("--debug",), "show tracebacks of errors and of failed trials"),
-    (("-v", "--verbose"), "log per-epoch details (DEBUG level)"),
-    (("-q", "--quiet"), "log warnings and errors only"),
-)
+_DEBUG_HELP = "show tracebacks of errors and of failed trials"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hpo`` command and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose, args.quiet, args.debug)
+    _configure_logging(args.verbose, args.quiet, args.log_format, args.debug)
     try:
         return int(args.handler(args))
     except HpoError as err:
@@ -50,18 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one subcommand per operation."""
     parser = argparse.ArgumentParser(prog="hpo", description="Hyperparameter optimization of PyTorch MLPs on tabular data.")
     parser.add_argument("--version", action="version", version=f"hpo {__version__}")
-    # The logging flags work before and after the command name. SUPPRESS keeps a
-    # subcommand's unset flag from overwriting one given before the command.
-    for flags, help_text in _LOGGING_FLAGS:
-        parser.add_argument(*flags, action="store_true", help=help_text)
+    # --debug works before and after the command name. SUPPRESS keeps a subcommand's
+    # unset flag from overwriting one given before the command.
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     common = argparse.ArgumentParser(add_help=False)
-    for flags, help_text in _LOGGING_FLAGS:
-        common.add_argument(*flags, action="store_true", default=argparse.SUPPRESS, help=help_text)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="-v: one line per finished trial; -vv: also trial starts and per-epoch details")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no per-trial lines; log warnings and errors only")
+    common.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="text (default), or json: one JSON object per line on stderr, including every trial event "
+        "(trial_started, trial_finished, trial_pruned, trial_failed, study_finished); json turns off the progress bar",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _add_optimize(sub.add_parser("optimize", parents=[common], help="run trials on a new or existing study", description="Run trials on a new or existing study."))
     _add_finalize(sub.add_parser("finalize", parents=[common], help="retrain the best trial and save the model", description="Retrain the best trial on train+validation, test it once and save the bundle."))
     _add_predict(sub.add_parser("predict", parents=[common], help="predict a table with a saved model", description="Predict a CSV or Parquet file with a saved bundle."))
+    _add_views(sub, common)
     return parser
 
 
@@ -111,8 +115,37 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_run_predict)
 
 
+def _add_views(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("dashboard", parents=[common], help="browse studies in optuna-dashboard", description="Serve optuna-dashboard on a study's storage, read-only unless --writable.")
+    p.add_argument("--study", dest="study_name", help="study to open; also selects its default storage file")
+    p.add_argument("--storage", help="Optuna storage URL; default: sqlite:///study_db/<study>.db")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1); other than loopback only with --allow-remote-unauthenticated")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080; 0 picks a free one)")
+    p.add_argument("--writable", action="store_true", help="let the dashboard change and delete studies and artifacts (default: SQLite opened read-only)")
+    p.add_argument("--allow-remote-unauthenticated", dest="allow_remote", action="store_true", help="allow a non-loopback --host, knowing that optuna-dashboard has no login")
+    p.set_defaults(handler=_run_dashboard)
+
+    p = sub.add_parser("report", parents=[common], help="write an HTML report and trials.csv", description="Write report.html (self-contained, opens offline) and trials.csv for a study.")
+    p.add_argument("--study", dest="study_name", required=True, help="study to report on")
+    p.add_argument("--storage", help="Optuna storage URL; default: sqlite:///study_db/<study>.db")
+    p.add_argument("--out", required=True, help="folder for report.html and trials.csv, e.g. reports/ocean")
+    p.set_defaults(handler=_run_report)
+
+    p = sub.add_parser("studies", parents=[common], help="list studies with trial counts and best values", description="List the studies of a storage, or of every file in study_db/.")
+    p.add_argument("--storage", help="Optuna storage URL; default: every SQLite file in $HPO_STUDY_DIR or ./study_db")
+    p.add_argument("--format", dest="output_format", choices=("table", "json"), default="table", help="table (default) or json (one object per study, one per line)")
+    p.set_defaults(handler=_run_studies)
+
+    p = sub.add_parser("show", parents=[common], help="show the best trial's parameters and metrics", description="Show the best trial of a study as tables of parameters and metrics.")
+    p.add_argument("--study", dest="study_name", required=True, help="study to show")
+    p.add_argument("--storage", help="Optuna storage URL; default: sqlite:///study_db/<study>.db")
+    p.add_argument("--format", dest="output_format", choices=("table", "json"), default="table", help="table (default) or json")
+    p.set_defaults(handler=_run_show)
+
+
 def _run_optimize(args: argparse.Namespace) -> int:
     from hpo.config import OPTION_TYPES, read_config
+    from hpo.overview import finish_run
     from hpo.space import SearchSpace, parse_override
     from hpo.study import optimize
 
@@ -128,9 +161,9 @@ def _run_optimize(args: argparse.Namespace) -> int:
         space_values["max_epochs"] = args.max_epochs
 
     space = SearchSpace.from_dict(space_values, origin=args.config or "--space") if space_values else None
-    show_bar = not args.quiet and sys.stderr.isatty()
+    show_bar = not args.quiet and args.log_format == "text" and sys.stderr.isatty()
     study = optimize(space=space, show_progress_bar=show_bar, **options)
-    _print_study_summary(study)
+    print(finish_run(study))
     return EXIT_OK
 
 
@@ -173,35 +206,66 @@ def _run_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_study_summary(study: Any) -> None:
-    import optuna
+def _run_dashboard(args: argparse.Namespace) -> int:
+    from hpo.dashboard import DashboardInfo, serve_dashboard
 
-    from hpo.baseline import stored_baseline
-    from hpo.storage import SETTINGS_ATTR, mask_password
+    def announce(info: DashboardInfo) -> None:
+        mode = "writable" if info.writable else "read-only"
+        print(f"Dashboard of {info.storage} ({mode}) at {info.url}", flush=True)
+        print("Press Ctrl+C to stop.", flush=True)
 
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    counts = {state.name.lower(): states.count(state) for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
-    url = mask_password(study._storage._backend.url if hasattr(study._storage, "_backend") else study._storage.url)
-    print(f"Study {study.study_name!r} in {url}: {len(states)} trials ({counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed).")
     try:
-        best = study.best_trial
-    except ValueError:
-        print("No trial completed yet.")
-        return
-    metric = study.user_attrs.get(SETTINGS_ATTR, {}).get("metric", "accuracy")
-    print(f"Best trial {best.number}: validation {metric} {best.value:.5f}{_baseline_note(stored_baseline(study))}")
-    for key, value in best.user_attrs.get("config", {}).items():
-        print(f"  {key} = {value}")
-    if any(study.user_attrs.get(SETTINGS_ATTR, {}).get("constraints", {}).values()):
-        _print_pareto_front(study, metric)
+        serve_dashboard(args.study_name, args.storage, host=args.host, port=args.port, writable=args.writable, allow_remote=args.allow_remote, on_ready=announce)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
 
 
-def _print_pareto_front(study: Any, metric: str) -> None:
-    from hpo.budget import pareto_front
+def _run_report(args: argparse.Namespace) -> int:
+    from hpo.report import write_report
 
-    print(f"Pareto front of validation {metric} against parameter count:")
-    for trial in pareto_front(study):
-        print(f"  trial {trial.number}: {metric} {trial.value:.5f}, {trial.user_attrs['n_params']} parameters")
+    result = write_report(args.study_name, args.out, storage=args.storage)
+    print(f"Wrote {result.html_path} and {result.csv_path}")
+    for figure_id, reason in result.missing_figures.items():
+        print(f"  left out {figure_id}: {reason}")
+    return EXIT_OK
+
+
+def _run_studies(args: argparse.Namespace) -> int:
+    import json
+
+    from hpo.overview import format_table, list_studies
+
+    rows = list_studies(args.storage)
+    if args.output_format == "json":
+        for row in rows:
+            print(json.dumps(row.to_dict()))
+        return EXIT_OK
+    if not rows:
+        print("No studies found.")
+        return EXIT_OK
+    headers = ["study", "trials", "complete", "pruned", "failed", "running", "best trial", "best value", "storage"]
+    table = [[r.study_name, r.n_trials, r.complete, r.pruned, r.failed, r.running, r.best_trial, r.best_value, r.storage] for r in rows]
+    print(format_table(headers, table))
+    return EXIT_OK
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    import json
+
+    from hpo.overview import format_table, show_best_trial
+
+    view = show_best_trial(args.study_name, args.storage)
+    if args.output_format == "json":
+        print(json.dumps(view.to_dict()))
+        return EXIT_OK
+    counts = view.counts
+    print(f"Study {view.study_name!r} in {view.storage}: {counts['n_trials']} trials ({counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed)")
+    print(f"Best trial {view.trial_number}\n")
+    print(format_table(["parameter", "value"], [list(row) for row in view.params]))
+    print()
+    print(format_table(["metric", "value"], [list(row) for row in view.metrics]))
+    return EXIT_OK
 
 
 def _baseline_note(baseline: dict[str, Any] | None) -> str:
@@ -214,20 +278,39 @@ def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _configure_logging(verbose: bool, quiet: bool, debug: bool) -> None:
+def _configure_logging(verbose: int, quiet: bool, log_format: str, debug: bool) -> None:
     import optuna
 
+    from hpo.events import JsonFormatter
+    from hpo.progress import ProgressLogHandler
+
     level = logging.INFO
-    if verbose:
-        level = logging.DEBUG
-    elif quiet:
+    if quiet:
         level = logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    elif verbose >= 2:
+        level = logging.DEBUG
+    # Trial events: failures by default, every finished trial at -v, starts too at -vv, all in JSON.
+    event_level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    handler: logging.Handler
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        event_level = logging.DEBUG
+    else:
+        handler = ProgressLogHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger("hpo")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    logging.getLogger("hpo.events").setLevel(event_level)
+    if log_format == "json":
+        # Optuna's and Python's warnings join the same stream, so that every line is JSON.
+        optuna.logging.disable_default_handler()
+        for name in ("optuna", "py.warnings"):
+            logging.getLogger(name).handlers[:] = [handler]
+            logging.getLogger(name).propagate = False
+        logging.captureWarnings(True)
     # hpo logs each trial and its failure reason itself. Optuna's own per-trial lines would
     # repeat them, with a traceback for each failed trial, so they show only with --debug.
     optuna.logging.set_verbosity(optuna.logging.WARNING if debug else optuna.logging.ERROR)

@@ -14,6 +14,7 @@ import optuna
 import torch
 
 from hpo import __version__
+from hpo.annotate import final_model_note, save_final_model_note
 from hpo.baseline import stored_baseline
 from hpo.bundle import JSON_NAME, WEIGHTS_NAME, check_output_folder, save_bundle
 from hpo.device import resolve_device
@@ -249,6 +250,8 @@ def _attach_to_study(study: optuna.Study, url: str, out: Path, trial_number: int
     for name in (JSON_NAME, WEIGHTS_NAME):
         artifact_ids[name] = upload_artifact(study_or_trial=study, file_path=str(out / name), artifact_store=store)
     study.set_user_attr(ARTIFACTS_ATTR, str(store_dir))
+    metric = str(study_settings(study).get("metric", "accuracy"))
+    save_final_model_note(study, final_model_note(metric, trial_number, validation, test_metrics, out, artifact_ids))
     study.set_user_attr(
         FINAL_ATTR,
         {"path": str(out), "trial_number": trial_number, "validation_score": validation, "test": test_metrics, "artifact_ids": artifact_ids},

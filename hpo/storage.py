@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import optuna
 from sqlalchemy.engine import make_url
@@ -23,6 +25,8 @@ ARTIFACTS_ATTR = "hpo_artifact_dir"
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # Seconds a SQLite connection waits for another writer's lock before it reports "database is locked".
 _SQLITE_BUSY_TIMEOUT_S = 60
+# Tables that every Optuna RDB storage has, whatever its schema version.
+_OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
 
 
 def validate_study_name(name: str) -> str:
@@ -156,3 +160,44 @@ def artifact_dir(storage_url: str, study_name: str) -> Path:
     if path is not None:
         return path.parent / f"{path.stem}.artifacts"
     return study_dir() / f"{study_name}.artifacts"
+
+
+def open_read_only_storage(url: str) -> optuna.storages.RDBStorage:
+    """Open an existing storage for reading only.
+
+    A SQLite file is opened in SQLite's read-only mode, so no statement through this
+    storage can change or delete a study or take a write lock. Other databases are opened
+    as usual, because read-only access there is a matter of the database user's grants.
+
+    Raises:
+        StorageError: When the SQLite file is missing or is not an Optuna storage, or
+            the storage cannot be opened.
+    """
+    path = sqlite_path(url)
+    if path is None:
+        return open_storage(url, create=False)
+    if not path.is_file():
+        raise StorageError(f"study storage not found: {path}. Run 'hpo optimize' first or check --storage.")
+    _check_optuna_tables(path)
+    # SQLite URI filenames must be percent-encoded; see https://www.sqlite.org/uri.html
+    read_only_url = f"sqlite:///file:{quote(str(path))}?mode=ro&uri=true"
+    engine_kwargs = {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S}}
+    try:
+        return optuna.storages.RDBStorage(read_only_url, engine_kwargs=engine_kwargs, skip_table_creation=True)
+    except Exception as err:  # SQLAlchemy and Optuna raise many types for one unusable storage
+        cause = err.__cause__ or err
+        raise StorageError(f"cannot open storage {path} read-only: {type(cause).__name__}: {cause}") from err
+
+
+def _check_optuna_tables(path: Path) -> None:
+    try:
+        connection = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            connection.close()
+    except sqlite3.Error as err:
+        raise StorageError(f"cannot read {path} as a SQLite database: {err}. Check --storage.") from err
+    missing = sorted(_OPTUNA_TABLES - tables)
+    if missing:
+        raise StorageError(f"{path} is not an Optuna storage (no table {', '.join(missing)}). Check --storage.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -11,15 +12,18 @@ from typing import Any, Literal
 import optuna
 import torch
 
+from hpo.annotate import save_learning_curves
 from hpo.baseline import record_baseline, warn_if_skewed
 from hpo.budget import Budget
 from hpo.cv import MAX_FOLDS, CrossValidationObjective, fold_data
 from hpo.data import BUILTIN_DATASETS, DEFAULT_DATASET, SplitIndices, SplitSpec, Table
 from hpo.device import resolve_device
 from hpo.engine import DeviceData
+from hpo.events import log_trial_end, with_start_event
 from hpo.exceptions import InputError, StudyError
 from hpo.metrics import CLASSIFICATION, METRICS, get_metric
 from hpo.objective import REASON_ATTR, Objective
+from hpo.progress import StudyProgress
 from hpo.prepare import DataSettings, load_and_split, prepare
 from hpo.space import SearchSpace
 from hpo.storage import (
@@ -143,7 +147,8 @@ def optimize(
         space: Search space, or a dict of overrides of the default space.
         ignore_columns: Columns to drop, such as ids.
         split: Train/validation/test fractions and split seed (default 60/20/20, seed 0).
-        show_progress_bar: Show Optuna's progress bar on stderr.
+        show_progress_bar: Show a progress bar on stderr over all trials of the study,
+            including those of other workers.
 
     Returns:
         The study, with the new trials.
@@ -230,14 +235,13 @@ def optimize(
     warn_if_skewed(parts[0], metric_obj)
     record_baseline(study, parts, metric_obj)
     guard = _FailureGuard()
-    study.optimize(
-        objective,
-        n_trials=n_trials,
-        timeout=timeout,
-        catch=(Exception,),
-        callbacks=[_log_trial, guard],
-        show_progress_bar=show_progress_bar,
-    )
+    callbacks: list[Any] = [log_trial_end, guard]
+    progress = StudyProgress(study, n_trials) if show_progress_bar else None
+    if progress is not None:
+        callbacks.append(progress)
+    with progress or nullcontext():
+        study.optimize(with_start_event(objective), n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=callbacks)
+    save_learning_curves(study)
     if guard.tripped:
         raise StudyError(f"stopped after {guard.count} failed trials in a row; last reason: {guard.last_reason}")
     if guard.n_failed and not guard.n_finished_ok:
@@ -376,21 +380,6 @@ def _sampler_seed(seed: int, name: str, storage: optuna.storages.BaseStorage) ->
     except KeyError:
         n_existing = 0
     return (seed + n_existing) % 2**32
-
-
-def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    state = trial.state
-    if state == optuna.trial.TrialState.COMPLETE:
-        try:
-            best = study.best_trial
-        except ValueError:  # every completed trial breaks a constraint
-            _logger.info("Trial %d finished with value %.5f; no trial fits the constraints yet.", trial.number, trial.value)
-            return
-        _logger.info("Trial %d finished with value %.5f; best is trial %d (%.5f).", trial.number, trial.value, best.number, best.value)
-    elif state == optuna.trial.TrialState.PRUNED:
-        _logger.info("Trial %d %s.", trial.number, trial.user_attrs.get(REASON_ATTR, "pruned"))
-    elif state == optuna.trial.TrialState.FAIL:
-        _logger.warning("Trial %d failed: %s", trial.number, trial.user_attrs.get(REASON_ATTR, "unknown reason"))
 
 
 class _FailureGuard:

@@ -21,3 +21,10 @@ if [ "${1:-}" = "--test" ]; then
 else
     "${pip[@]}" -e .
 fi
+
+# The browser tests drive Debian's Chromium through Playwright, because Playwright's own
+# browser download needs network access that CI machines may not have.
+if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.views_fixtures import viewed_study  # noqa: F401 - a session fixture shared by the view tests
+
 OCEAN_ZIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ocean.zip"
 OCEAN_CSV = "synthetic_ocean_quality_realistic.csv"
 
