@@ -358,9 +358,13 @@ def _check_class_counts(table: Table, spec: SplitSpec) -> None:
     counts = table.frame[table.target].value_counts()
     short = [(label, int(n)) for label, n in counts.items() if n < needed]
     if short:
-        listing = ", ".join(f"{label!r} ({n} rows)" for label, n in short)
+        listing = ", ".join(f"{label!r} ({n} rows)" for label, n in short[:5])
+        if len(short) > 5:
+            listing += f" and {len(short) - 5} more"
+        hint = "Remove or merge rare classes, or add rows."
+        if len(short) > 0.5 * len(counts):
+            hint += " If the target is a continuous quantity, use --task regression."
         raise InputError(
             f"class {listing} of target {table.target!r} in {table.source} has too few rows; "
-            f"each class needs at least {needed} to be split {spec.train:g}/{spec.validation:g}/{spec.test:g}. "
-            "Remove or merge rare classes, or add rows."
+            f"each class needs at least {needed} to be split {spec.train:g}/{spec.validation:g}/{spec.test:g}. {hint}"
         )

@@ -312,3 +312,11 @@ def test_optimize_api_rejects_dataframe_with_hint() -> None:
 
     with pytest.raises(TypeError, match="save a DataFrame with to_parquet"):
         hpo.optimize(_table(), "label")
+
+
+def test_mask_password_hides_password_literally() -> None:
+    from hpo.storage import mask_password
+
+    masked = mask_password("postgresql+psycopg2://bob:s3cr%40t@db.example:5432/hpo")
+
+    assert masked == "postgresql+psycopg2://bob:***@db.example:5432/hpo"

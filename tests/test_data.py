@@ -251,3 +251,17 @@ def test_read_frame_spreadsheet_rejected(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="unsupported data format '.xlsx'"):
         read_frame(path)
+
+
+def test_split_rows_many_rare_classes_message_is_short(tmp_path: Path) -> None:
+    frame = _frame(200).assign(label=[f"v{i}" for i in range(200)])
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    table = load_table(path, "label", task="classification")
+
+    with pytest.raises(InputError) as info:
+        split_rows(table, SplitSpec())
+
+    assert "and 195 more" in str(info.value)
+    assert "--task regression" in str(info.value)
+    assert len(str(info.value)) < 500
