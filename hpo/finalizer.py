@@ -196,7 +196,7 @@ def finalize(
         evaluation["margin"] = margin.to_dict()
     description = _describe(study, url, trial, config, arch, prepared, seed, n_epochs, result.seconds, evaluation, count_parameters(network))
     out = save_bundle(out_dir, network, description)
-    _attach_to_study(study, url, out, trial.number, float(trial.value), test_metrics)  # type: ignore[arg-type]
+    _attach_to_study(study, url, out, trial.number, float(trial.value), test_metrics, evaluation.get("seed_spread"))  # type: ignore[arg-type]
     return FinalizeResult(
         out_dir=out, trial_number=trial.number, metric=metric.name, validation_score=float(trial.value),  # type: ignore[arg-type]
         test_metrics=test_metrics, baseline=baseline, per_class=per_class, spreads=spreads, margin=margin,
@@ -240,7 +240,15 @@ def _describe(
     }
 
 
-def _attach_to_study(study: optuna.Study, url: str, out: Path, trial_number: int, validation: float, test_metrics: dict[str, float]) -> None:
+def _attach_to_study(
+    study: optuna.Study,
+    url: str,
+    out: Path,
+    trial_number: int,
+    validation: float,
+    test_metrics: dict[str, float],
+    seed_spread: dict[str, Any] | None = None,
+) -> None:
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
     store_dir = artifact_dir(url, study.study_name)
@@ -252,8 +260,8 @@ def _attach_to_study(study: optuna.Study, url: str, out: Path, trial_number: int
     study.set_user_attr(ARTIFACTS_ATTR, str(store_dir))
     metric = str(study_settings(study).get("metric", "accuracy"))
     save_final_model_note(study, final_model_note(metric, trial_number, validation, test_metrics, out, artifact_ids))
-    study.set_user_attr(
-        FINAL_ATTR,
-        {"path": str(out), "trial_number": trial_number, "validation_score": validation, "test": test_metrics, "artifact_ids": artifact_ids},
-    )
+    final: dict[str, Any] = {"path": str(out), "trial_number": trial_number, "validation_score": validation, "test": test_metrics, "artifact_ids": artifact_ids}
+    if seed_spread is not None:
+        final["seed_spread"] = seed_spread
+    study.set_user_attr(FINAL_ATTR, final)
     _logger.info("Stored the bundle as artifacts of study %r in %s.", study.study_name, store_dir)

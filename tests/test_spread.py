@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import optuna
 import pytest
 
 import hpo
@@ -48,6 +49,8 @@ def test_finalize_seeds_prints_mean_std_and_records_bundle(tmp_path: Path, capsy
     assert spread["seeds"] == spread_seeds(spread["seeds"][0], 3)
     assert spread["mean"] == pytest.approx(sum(spread["values"]) / 3, abs=1e-6)
     assert spread["std"] >= 0.0
+    study = optuna.load_study(study_name="iris", storage="sqlite:///study_db/iris.db")
+    assert study.user_attrs["hpo_final_model"]["seed_spread"] == spread
 
 
 def test_finalize_seeds_first_run_is_saved_model(tmp_path: Path) -> None:
