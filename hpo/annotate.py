@@ -55,9 +55,12 @@ def save_learning_curves(study: optuna.Study) -> None:
 
     optuna-dashboard draws the validation metric per epoch by itself, but not the training
     loss, which trials keep as a user attribute. Both figures replace the ones stored
-    before, so the plots show the trials as of the last call. Nothing is stored before a
-    trial has a curve.
+    before, so the plots show the trials as of the last call (the end of an ``optimize``
+    run, or ``finalize``). Nothing is stored before a trial has a curve.
     """
+    # NOTE: optuna-dashboard stores a figure as several study attributes, one transaction
+    # each. Two workers that finish at the same moment can leave a mixed, unreadable plot,
+    # which the next optimize or finalize call replaces.
     from optuna_dashboard import save_plotly_graph_object
 
     from hpo.curves import train_loss_by_lr_figure, validation_curves_figure

@@ -14,7 +14,7 @@ import optuna
 import torch
 
 from hpo import __version__
-from hpo.annotate import final_model_note, save_final_model_note
+from hpo.annotate import final_model_note, save_final_model_note, save_learning_curves
 from hpo.baseline import stored_baseline
 from hpo.bundle import JSON_NAME, WEIGHTS_NAME, check_output_folder, save_bundle
 from hpo.device import resolve_device
@@ -260,6 +260,7 @@ def _attach_to_study(
     study.set_user_attr(ARTIFACTS_ATTR, str(store_dir))
     metric = str(study_settings(study).get("metric", "accuracy"))
     save_final_model_note(study, final_model_note(metric, trial_number, validation, test_metrics, out, artifact_ids))
+    save_learning_curves(study)
     final: dict[str, Any] = {"path": str(out), "trial_number": trial_number, "validation_score": validation, "test": test_metrics, "artifact_ids": artifact_ids}
     if seed_spread is not None:
         final["seed_spread"] = seed_spread

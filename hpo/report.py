@@ -183,6 +183,9 @@ def _final_model_section(study: optuna.Study) -> str:
         return _section("final-model", "Final model", '<p class="missing">Not finalized yet: run hpo finalize on this study.</p>')
     rows = [("trial", final.get("trial_number")), (f"validation {metric_name(study)}", final.get("validation_score"))]
     rows += [(label_test_metric(key), value) for key, value in (final.get("test") or {}).items()]
+    spread = final.get("seed_spread")
+    if isinstance(spread, dict) and spread.get("seeds"):
+        rows.append((f"test {metric_name(study)} over {len(spread['seeds'])} seeds", f"{spread['mean']:.5f} ± {spread['std']:.5f}"))
     rows.append(("bundle", final.get("path")))
     return _section("final-model", "Final model", _table(["metric", "value"], [list(row) for row in rows]))
 

@@ -106,6 +106,19 @@ def test_dashboard_page_shows_study_trials_best_and_artifact(read_only_dashboard
     assert errors == []
 
 
+def test_dashboard_api_serves_learning_curves_of_pruned_trials(read_only_dashboard: Dashboard) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"{read_only_dashboard.base}/api/studies/{read_only_dashboard.study_id}", timeout=60) as response:
+        detail = json.load(response)
+
+    plots = {plot["id"]: json.loads(plot["graph_object"]) for plot in detail["plotly_graph_objects"]}
+    assert set(plots) == {"hpo-train-loss-by-lr", "hpo-validation-accuracy"}
+    validation_states = {trace.get("name") for trace in plots["hpo-validation-accuracy"]["data"]}
+    assert validation_states == {"complete", "pruned"}
+    dotted = [trace for trace in plots["hpo-train-loss-by-lr"]["data"] if trace.get("line", {}).get("dash") == "dot"]
+    assert len(dotted) == 1, "the pruned trial's training loss is missing"
+
+
 def test_dashboard_delete_leaves_read_only_study_intact(read_only_dashboard: Dashboard, viewed_study: ViewedStudy) -> None:
     digest_before = hashlib.sha256(viewed_study.db_path.read_bytes()).hexdigest()
     artifact_files = sorted(p for p in (viewed_study.db_path.parent / f"{viewed_study.name}.artifacts").rglob("*") if p.is_file())

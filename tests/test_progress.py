@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import struct
 import subprocess
 import sys
+import termios
+import threading
 from pathlib import Path
 
 import optuna
@@ -58,3 +63,40 @@ def test_study_progress_nonpositive_interval_raises(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="interval_s"):
         StudyProgress(study, n_trials=1, interval_s=0)
+
+
+def test_cli_optimize_on_terminal_shows_study_bar(tmp_path: Path) -> None:
+    # The bar is drawn only when stderr is a terminal, so the command gets a pseudo-terminal.
+    primary, secondary = os.openpty()
+    # A new pseudo-terminal has 0 columns, in which tqdm draws an empty line.
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_read_until_closed, args=(primary, chunks), daemon=True)
+    reader.start()
+    command = [
+        sys.executable, "-m", "hpo", "optimize", "--study", "bar", "--storage", f"sqlite:///{tmp_path / 'bar.db'}", "--n-trials", "2",
+        "--max-epochs", "1", "--space", "n_layers=1", "--space", "n_units=8", "--device", "cpu",
+    ]
+    try:
+        result = subprocess.run(command, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary, text=True, timeout=300)
+    finally:
+        os.close(secondary)
+    reader.join(timeout=30)
+    os.close(primary)
+    terminal = b"".join(chunks).decode(errors="replace")
+
+    assert result.returncode == 0, terminal
+    assert "bar:" in terminal
+    assert "2/2" in terminal
+    assert "2 complete, 0 pruned, 0 failed" in terminal
+
+
+def _read_until_closed(descriptor: int, chunks: list[bytes]) -> None:
+    while True:
+        try:
+            data = os.read(descriptor, 4096)
+        except OSError:  # EIO once the last writer closed the terminal
+            return
+        if not data:
+            return
+        chunks.append(data)
