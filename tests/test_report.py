@@ -98,3 +98,19 @@ def test_write_report_without_completed_trials_explains_missing_figures(tmp_path
     assert "needs 1 completed trial(s)" in result.missing_figures["optimization-history"]
     assert "Not available" in page
     assert pd.read_csv(result.csv_path)["state"].tolist() == ["FAIL"]
+
+
+def test_write_report_final_model_shows_seed_spread(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'spread.db'}"
+    study = optuna.create_study(study_name="spread", storage=storage, direction="maximize")
+    final = {
+        "path": "/models/spread", "trial_number": 0, "validation_score": 0.8, "test": {"accuracy": 0.75, "n_rows": 40},
+        "seed_spread": {"trial_number": 0, "validation": 0.8, "seeds": [0, 1, 2], "values": [0.7, 0.75, 0.8], "mean": 0.75, "std": 0.05},
+    }
+    study.set_user_attr("hpo_final_model", final)
+
+    page = write_report("spread", tmp_path / "out", storage=storage).html_path.read_text(encoding="utf-8")
+
+    assert "test accuracy over 3 seeds" in page
+    assert "0.75000 ± 0.05000" in page
+    assert "test rows" in page
