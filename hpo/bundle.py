@@ -40,6 +40,8 @@ MAX_INPUTS = 1_000_000
 MAX_CLASSES = 100_000
 # A description without "task" comes from a classifier, the only task before regression.
 BUNDLE_TASKS = ("classification", "regression")
+# Bytes per float32 parameter; the weights file holds at least this much per parameter.
+_BYTES_PER_PARAMETER = 4
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,15 @@ def load_model(path: str | Path) -> LoadedModel:
     actual = _sha256(weights_path)
     if actual != description["weights"]["sha256"]:
         raise BundleError(f"model weights {weights_path} do not match the SHA-256 in {json_path}; the file was changed or damaged.")
+    # The network is allocated from the description, so its size is bounded by the file
+    # the description came with, not only by the per-field bounds.
+    n_params = architecture_parameters(description["architecture"])
+    file_size = weights_path.stat().st_size
+    if n_params * _BYTES_PER_PARAMETER > file_size:
+        raise BundleError(
+            f"architecture in {json_path} needs {n_params} parameters ({n_params * _BYTES_PER_PARAMETER} bytes), "
+            f"more than the {file_size}-byte weights file {weights_path} holds."
+        )
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError and others
@@ -192,6 +203,12 @@ def load_model(path: str | Path) -> LoadedModel:
         raise BundleError(f"model weights {weights_path} do not fit the architecture in {json_path}: {first_line}") from err
     network.eval()
     return LoadedModel(network=network, description=description, preprocessing=preprocessing)
+
+
+def architecture_parameters(architecture: dict[str, Any]) -> int:
+    """Return the number of weights and biases of the network that ``architecture`` describes."""
+    widths = [int(architecture["n_inputs"]), *(int(w) for w in architecture["hidden"]), int(architecture["n_outputs"])]
+    return sum(n_in * n_out + n_out for n_in, n_out in zip(widths, widths[1:]))
 
 
 def validate_description(description: Any, *, origin: str = "model description") -> None:

@@ -25,6 +25,10 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _DEBUG_HELP = "show tracebacks of errors and of failed trials"
+_STORAGE_HELP = (
+    "Optuna storage URL; default: $HPO_STORAGE, else sqlite:///study_db/<study>.db. "
+    "Put a URL with a password in HPO_STORAGE or the config file, since other users can read command lines"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, args.quiet, args.log_format, args.debug)
+    _warn_password_on_command_line(getattr(args, "storage", None))
     try:
         return int(args.handler(args))
     except HpoError as err:
@@ -74,7 +79,8 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target column to predict (required for files)")
     p.add_argument("--ignore-columns", type=_comma_list, help="comma-separated columns to drop, e.g. id,timestamp")
     p.add_argument("--study", dest="study_name", help="study name (letters, digits, _ . -); default: the data set name or file stem")
-    p.add_argument("--storage", help="Optuna storage URL; default: sqlite:///study_db/<study>.db")
+    p.add_argument("--storage", help=_STORAGE_HELP)
+    p.add_argument("--new-study", action="store_true", help="start a new study <study>-2 (or the next free suffix) when --study exists, running the old study's 5 best trials first")
     p.add_argument("--n-trials", type=int, help="trials to add in this run (default: 20)")
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts (default: no limit)")
     p.add_argument("--seed", type=int, help="seed of the sampler, the split and each trial (default: 0)")
@@ -100,7 +106,7 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
 
 def _add_finalize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", dest="study_name", required=True, help="study to finalize")
-    p.add_argument("--storage", help="Optuna storage URL; default: sqlite:///study_db/<study>.db")
+    p.add_argument("--storage", help=_STORAGE_HELP)
     p.add_argument("--out", required=True, help="folder for model.json and model.pt, e.g. models/ocean")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--seeds", type=int, default=1, help="train the best configuration this many times with different seeds and print the mean and standard deviation of the test metric (default: 1)")
@@ -160,9 +166,11 @@ def _run_optimize(args: argparse.Namespace) -> int:
     if args.max_epochs is not None:
         space_values["max_epochs"] = args.max_epochs
 
-    space = SearchSpace.from_dict(space_values, origin=args.config or "--space") if space_values else None
+    if space_values:
+        SearchSpace.from_dict(space_values, origin=args.config or "--space")  # reports errors with their origin
+    space = space_values or None
     show_bar = not args.quiet and args.log_format == "text" and sys.stderr.isatty()
-    study = optimize(space=space, show_progress_bar=show_bar, **options)
+    study = optimize(space=space, show_progress_bar=show_bar, new_study=args.new_study, **options)
     print(finish_run(study))
     return EXIT_OK
 
@@ -272,6 +280,13 @@ def _baseline_note(baseline: dict[str, Any] | None) -> str:
     if not baseline:
         return ""
     return f" ({baseline.get('kind', 'majority')} baseline {baseline['value']:.5f})"
+
+
+def _warn_password_on_command_line(url: str | None) -> None:
+    from hpo.storage import mask_password
+
+    if url is not None and mask_password(url) != url:
+        _logger.warning("The --storage URL holds a password, which other users of this machine can read in the process list; set HPO_STORAGE or the config file's storage key instead.")
 
 
 def _comma_list(text: str) -> list[str]:

@@ -35,6 +35,7 @@ from hpo.storage import (
     study_settings,
     validate_study_name,
 )
+from hpo.storage_errors import translated_storage_errors
 from hpo.study import StudySetup
 
 _logger = logging.getLogger(__name__)
@@ -196,7 +197,8 @@ def finalize(
         evaluation["margin"] = margin.to_dict()
     description = _describe(study, url, trial, config, arch, prepared, seed, n_epochs, result.seconds, evaluation, count_parameters(network))
     out = save_bundle(out_dir, network, description)
-    _attach_to_study(study, url, out, trial.number, float(trial.value), test_metrics, evaluation.get("seed_spread"))  # type: ignore[arg-type]
+    with translated_storage_errors(url):
+        _attach_to_study(study, url, out, trial.number, float(trial.value), test_metrics, evaluation.get("seed_spread"))  # type: ignore[arg-type]
     return FinalizeResult(
         out_dir=out, trial_number=trial.number, metric=metric.name, validation_score=float(trial.value),  # type: ignore[arg-type]
         test_metrics=test_metrics, baseline=baseline, per_class=per_class, spreads=spreads, margin=margin,

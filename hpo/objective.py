@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import optuna
@@ -20,6 +21,26 @@ _logger = logging.getLogger(__name__)
 # Trial user attribute that explains why a trial failed or was pruned.
 REASON_ATTR = "reason"
 _MAX_REASON_CHARS = 300
+
+
+class NonFiniteObjectiveError(RuntimeError):
+    """The objective value is NaN or infinite, which Optuna would store as a COMPLETE trial."""
+
+
+def checked_value(trial: optuna.Trial, value: float) -> float:
+    """Return ``value`` if it is finite; else store the reason on ``trial`` and raise.
+
+    Optuna stores an infinite value as a COMPLETE trial, which would then win (or lose)
+    every comparison; a failed trial is kept out of the sampler's model and the finalizer.
+
+    Raises:
+        NonFiniteObjectiveError: When ``value`` is NaN or infinite.
+    """
+    if math.isfinite(value):
+        return value
+    reason = f"non-finite objective value {value}"
+    trial.set_user_attr(REASON_ATTR, reason)
+    raise NonFiniteObjectiveError(reason)
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -102,6 +123,11 @@ class Objective:
             self._finish_attrs(trial, curve)
             trial.set_user_attr(REASON_ATTR, f"{type(err).__name__}: {err}"[:_MAX_REASON_CHARS])
             raise
+        except KeyboardInterrupt:
+            # Optuna stores the trial as FAIL and re-raises, which stops the study.
+            self._finish_attrs(trial, curve)
+            trial.set_user_attr(REASON_ATTR, f"interrupted at epoch {len(curve)}")
+            raise
         finally:
             free_device_memory(self.data.device)
 
@@ -126,7 +152,7 @@ class Objective:
         self._finish_attrs(trial, curve)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("train_seconds", round(result.seconds, 3))
-        return result.best_score
+        return checked_value(trial, result.best_score)
 
     @staticmethod
     def _finish_attrs(trial: optuna.Trial, curve: list[float]) -> None:

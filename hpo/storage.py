@@ -15,10 +15,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from hpo.exceptions import InputError, StorageError, StudyError
+from hpo.storage_errors import describe_folder_error, describe_storage_error, translated_storage_errors
 
 _logger = logging.getLogger(__name__)
 
 STUDY_DIR_ENV = "HPO_STUDY_DIR"
+# Storage URL used when no --storage is given, so that a password stays off command lines.
+STORAGE_ENV = "HPO_STORAGE"
 DEFAULT_STUDY_DIR = "study_db"
 SETTINGS_ATTR = "hpo_settings"
 ARTIFACTS_ATTR = "hpo_artifact_dir"
@@ -54,7 +57,7 @@ def default_storage_url(study_name: str) -> str:
 
 
 def resolve_storage_url(url: str | None, study_name: str) -> str:
-    """Return ``url``, or the study's default SQLite URL when ``url`` is None.
+    """Return ``url``, else ``$HPO_STORAGE``, else the study's default SQLite URL.
 
     A relative SQLite path is made absolute against the current folder, so that the
     URL printed and stored names one file whatever folder a later command runs in.
@@ -62,6 +65,8 @@ def resolve_storage_url(url: str | None, study_name: str) -> str:
     Raises:
         InputError: When the URL cannot be parsed.
     """
+    if url is None:
+        url = os.environ.get(STORAGE_ENV) or None
     if url is None:
         return default_storage_url(study_name)
     try:
@@ -110,13 +115,15 @@ def open_storage(url: str, *, create: bool) -> optuna.storages.RDBStorage:
         if not path.exists():
             if not create:
                 raise StorageError(f"study storage not found: {path}. Run 'hpo optimize' first or check --storage.")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StorageError(describe_folder_error(err, path)) from err
         engine_kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT_S}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as err:  # SQLAlchemy and Optuna raise many types for one unusable storage
-        cause = err.__cause__ or err
-        raise StorageError(f"cannot open storage {mask_password(url)}: {type(cause).__name__}: {cause}") from err
+    except Exception as err:  # SQLAlchemy, drivers and Optuna's schema check raise many types
+        raise StorageError(describe_storage_error(err, url)) from err
 
 
 def load_study(study_name: str, storage_url: str) -> optuna.Study:
@@ -128,9 +135,11 @@ def load_study(study_name: str, storage_url: str) -> optuna.Study:
     """
     storage = open_storage(storage_url, create=False)
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        with translated_storage_errors(storage_url):
+            return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError as err:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        with translated_storage_errors(storage_url):
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
         known = ", ".join(names) if names else "none"
         raise StudyError(f"study {study_name!r} not found in {mask_password(storage_url)}; studies there: {known}.") from err
 

@@ -21,6 +21,7 @@ from hpo.device import resolve_device
 from hpo.engine import DeviceData
 from hpo.events import log_trial_end, with_start_event
 from hpo.exceptions import InputError, StudyError
+from hpo.fingerprint import FINGERPRINT_ATTR, compute_fingerprint, fingerprint_differences
 from hpo.metrics import CLASSIFICATION, METRICS, get_metric
 from hpo.objective import REASON_ATTR, Objective
 from hpo.progress import StudyProgress
@@ -35,6 +36,8 @@ from hpo.storage import (
     study_settings,
     validate_study_name,
 )
+from hpo.storage_errors import StopOnStorageError, translated_storage_errors
+from hpo.warm_start import enqueue_best_trials, next_study_name
 
 _logger = logging.getLogger(__name__)
 
@@ -103,7 +106,7 @@ def optimize(
     storage: str | None = None,
     n_trials: int | None = 20,
     timeout: float | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     pruner: str | None = None,
     metric: str | None = None,
     task: str | None = None,
@@ -115,12 +118,16 @@ def optimize(
     ignore_columns: tuple[str, ...] | list[str] = (),
     split: SplitSpec | None = None,
     show_progress_bar: bool = False,
+    new_study: bool = False,
 ) -> optuna.Study:
     """Run ``n_trials`` trials on a new or existing study and return the study.
 
     A new study stores its data settings, search space, seed and pruner, so that a later
-    call (or another worker) with only ``study_name`` and ``storage`` resumes it. Every
-    input is checked before the storage is opened, so bad input changes nothing.
+    call (or another worker) with only ``study_name`` and ``storage`` resumes it. It also
+    stores a fingerprint of the data content, columns, target, split, search space and
+    objective; a run on an existing study whose fingerprint, seed or pruner differs is
+    rejected, since it would mix incomparable trials. Every input is checked before the
+    storage is written, so bad input changes nothing.
 
     Args:
         data: A built-in data set name or a CSV/Parquet path. None resumes an existing
@@ -131,7 +138,9 @@ def optimize(
         n_trials: Trials to add in this call (None: until ``timeout``).
         timeout: Seconds after which no new trial starts (None: no limit).
         seed: Seed of the sampler and of each trial's weights and batch order.
-        pruner: One of ``PRUNERS`` (default: ``median``, or ``wilcoxon`` with ``cv``).
+            None: the existing study's seed, or 0 for a new study.
+        pruner: One of ``PRUNERS``. None: the existing study's pruner, or ``median``
+            (``wilcoxon`` with ``cv``) for a new study.
         metric: Validation metric to optimize, a key of ``hpo.metrics.METRICS`` that fits
             the task (default: accuracy, or rmse for regression). ``log_loss``, ``rmse``
             and ``mae`` are minimized, the others maximized.
@@ -144,11 +153,15 @@ def optimize(
             Trials over either budget are pruned before training and never become
             ``best_trial`` (Optuna constraints, through ``trial.set_constraint``).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        space: Search space, or a dict of overrides of the default space.
+        space: Search space, or a dict of overrides of the default space (of the
+            stored space when resuming without ``data``).
         ignore_columns: Columns to drop, such as ids.
         split: Train/validation/test fractions and split seed (default 60/20/20, seed 0).
         show_progress_bar: Show a progress bar on stderr over all trials of the study,
             including those of other workers.
+        new_study: Start a new study even if ``study_name`` exists: it is named
+            ``<study_name>-2`` (or the next free suffix) and first runs the parameters of
+            the old study's best trials that fit the search space.
 
     Returns:
         The study, with the new trials.
@@ -181,100 +194,84 @@ def optimize(
     url = resolve_storage_url(storage, name)
     if sqlite_path(url) is None and url.startswith("sqlite"):
         raise InputError(f"storage {url!r} is an in-memory SQLite database, which is lost when hpo exits; give a file, e.g. sqlite:///study_db/{name}.db.")
-    existing = _existing_setup(name, url)
-    if existing is not None and data is None:
-        _reject_ignored_options(name, existing, space=space, pruner=pruner, target=target, ignore_columns=ignore_columns)
-        setup = existing
+    existing = _existing_study(name, url)
+    stored = None if existing is None else StudySetup.from_dict(study_settings(existing))
+    if stored is not None and data is None:
+        if not new_study:
+            _check_requested_options(name, stored, metric, task, cv, requested_budget)
+        setup = _resumed_setup(stored, target, ignore_columns, split, space, seed, pruner)
         _logger.info("Resuming study %r with its stored data %s.", name, setup.data.source)
-        if metric is not None and metric != setup.metric:
-            raise StudyError(f"study {name!r} optimizes {setup.metric}, not {metric}; drop --metric or pick a new --study name.")
-        if task not in (None, "auto", setup.task):
-            raise StudyError(f"study {name!r} is a {setup.task} study, not {task}; drop --task or pick a new --study name.")
-        if cv is not None and cv != setup.cv:
-            raise StudyError(f"study {name!r} uses --cv {setup.cv}, not {cv}; drop --cv or pick a new --study name.")
-        if requested_budget.is_active and requested_budget != setup.budget:
-            raise StudyError(f"study {name!r} has budget {setup.budget.to_dict()}; drop --max-params/--max-latency-ms or pick a new --study name.")
     else:
-        if existing is not None:
-            metric = existing.metric if metric is None else metric
-            cv = existing.cv if cv is None else cv
-            pruner = existing.pruner if pruner is None else pruner
-            requested_budget = requested_budget if requested_budget.is_active else existing.budget
+        if stored is not None:
+            metric = stored.metric if metric is None else metric
+            cv = stored.cv if cv is None else cv
+            pruner = stored.pruner if pruner is None else pruner
+            seed = stored.seed if seed is None else seed
+            requested_budget = requested_budget if requested_budget.is_active else stored.budget
         pruner = pruner or ("wilcoxon" if cv else "median")
         if pruner == "wilcoxon" and not cv:
             raise InputError("the wilcoxon pruner compares trials fold by fold, so it needs --cv K.")
-        setup = _new_setup(data, target, ignore_columns, split, space, seed, pruner)
+        setup = _new_setup(data, target, ignore_columns, split, space, 0 if seed is None else seed, pruner)
         setup = replace(setup, data=replace(setup.data, task=None if task == "auto" else task), cv=cv or 0, budget=requested_budget)
 
     # Loading and splitting raise on bad input, before anything is written.
     table, split_indices = load_and_split(setup.data)
     if setup.data.task is None:
         setup = replace(setup, data=replace(setup.data, task=table.task))
-    if setup is not existing:
+    if stored is None or data is not None or (new_study and metric is not None):
         setup = replace(setup, metric=get_metric(metric, table.task).name)
-    if existing is not None:
-        _check_same_setup(name, existing, setup)
+    settings = setup.to_dict()
+    fingerprint = compute_fingerprint(table, setup.data.split, split_indices, settings["space"], settings)
+    warm_start_from = None
+    if existing is not None and new_study:
+        warm_start_from = existing
+        name = next_study_name(name, lambda candidate: _existing_study(candidate, resolve_storage_url(storage, candidate)) is not None)
+        url = resolve_storage_url(storage, name)
+    elif existing is not None:
+        _check_same_inputs(existing, setup, fingerprint)
     metric_obj = METRICS[setup.metric]
     objective, parts = build_objective(setup, table, split_indices, torch_device)
 
     storage_obj = open_storage(url, create=True)
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage_obj,
-        direction=setup.direction,
-        sampler=optuna.samplers.TPESampler(seed=_sampler_seed(setup.seed, name, storage_obj)),
-        pruner=build_pruner(setup.pruner, setup.space.max_epochs, n_folds=setup.cv),
-        load_if_exists=True,
-    )
-    if SETTINGS_ATTR not in study.user_attrs:
-        study.set_user_attr(SETTINGS_ATTR, setup.to_dict())
-        _logger.info("Created study %r in %s.", name, mask_password(url))
-    else:
-        _logger.info("Loaded study %r from %s with %d trials.", name, mask_password(url), len(study.trials))
+    with translated_storage_errors(url):
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage_obj,
+            direction=setup.direction,
+            sampler=optuna.samplers.TPESampler(seed=_sampler_seed(setup.seed, name, storage_obj)),
+            pruner=build_pruner(setup.pruner, setup.space.max_epochs, n_folds=setup.cv),
+            load_if_exists=True,
+        )
+        _check_direction(study, settings)
+        if SETTINGS_ATTR not in study.user_attrs:
+            study.set_user_attr(SETTINGS_ATTR, settings)
+            study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
+            _logger.info("Created study %r in %s.", name, mask_password(url))
+        else:
+            _logger.info("Loaded study %r from %s with %d trials.", name, mask_password(url), len(study.trials))
+        if FINGERPRINT_ATTR not in study.user_attrs:
+            # A study from an hpo version without fingerprints: its settings matched above.
+            study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
+        if warm_start_from is not None:
+            enqueue_best_trials(warm_start_from, study, setup.space)
+        warn_if_skewed(parts[0], metric_obj)
+        record_baseline(study, parts, metric_obj)
 
-    warn_if_skewed(parts[0], metric_obj)
-    record_baseline(study, parts, metric_obj)
     guard = _FailureGuard()
     callbacks: list[Any] = [log_trial_end, guard]
     progress = StudyProgress(study, n_trials) if show_progress_bar else None
     if progress is not None:
         callbacks.append(progress)
-    with progress or nullcontext():
-        study.optimize(with_start_event(objective), n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=callbacks)
+    stop_on_storage_error = StopOnStorageError(with_start_event(objective))
+    with progress or nullcontext(), translated_storage_errors(url):
+        study.optimize(stop_on_storage_error, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=callbacks)
+    stop_on_storage_error.raise_error(url)
     save_learning_curves(study)
     if guard.tripped:
         raise StudyError(f"stopped after {guard.count} failed trials in a row; last reason: {guard.last_reason}")
     if guard.n_failed and not guard.n_finished_ok:
         raise StudyError(f"no trial of this run completed: {guard.n_failed} failed; last reason: {guard.last_reason}")
     return study
-
-
-def _reject_ignored_options(
-    name: str,
-    existing: StudySetup,
-    *,
-    space: SearchSpace | dict[str, Any] | None,
-    pruner: str | None,
-    target: str | None,
-    ignore_columns: tuple[str, ...] | list[str],
-) -> None:
-    """Raise when a resume passes settings that the stored study would silently override."""
-    ignored = []
-    if space is not None:
-        requested = SearchSpace.from_dict(space) if isinstance(space, dict) else space
-        if requested != existing.space:
-            ignored.append("search space (--space, --max-epochs, [space])")
-    if pruner is not None and pruner != existing.pruner:
-        ignored.append(f"--pruner {pruner} (stored: {existing.pruner})")
-    if target is not None and target != existing.data.target:
-        ignored.append(f"--target {target} (stored: {existing.data.target})")
-    if ignore_columns and tuple(ignore_columns) != existing.data.ignore_columns:
-        ignored.append("--ignore-columns")
-    if ignored:
-        raise StudyError(
-            f"study {name!r} exists and keeps its stored settings, so these options would be ignored: "
-            f"{'; '.join(ignored)}. Drop them to resume, or pick a new --study name."
-        )
 
 
 def build_objective(setup: StudySetup, table: Table, split: SplitIndices, device: torch.device) -> tuple[Objective, list[DeviceData]]:
@@ -346,28 +343,92 @@ def _new_setup(
     )
 
 
-def _existing_setup(name: str, url: str) -> StudySetup | None:
+def _check_requested_options(name: str, stored: StudySetup, metric: str | None, task: str | None, cv: int | None, budget: Budget) -> None:
+    """Raise StudyError when an option given on resume differs from the stored study's."""
+    if metric is not None and metric != stored.metric:
+        raise StudyError(f"study {name!r} optimizes {stored.metric}, not {metric}; drop --metric or pick a new --study name.")
+    if task not in (None, "auto", stored.task):
+        raise StudyError(f"study {name!r} is a {stored.task} study, not {task}; drop --task or pick a new --study name.")
+    if cv is not None and cv != stored.cv:
+        raise StudyError(f"study {name!r} uses --cv {stored.cv}, not {cv}; drop --cv or pick a new --study name.")
+    if budget.is_active and budget != stored.budget:
+        raise StudyError(f"study {name!r} has budget {stored.budget.to_dict()}; drop --max-params/--max-latency-ms or pick a new --study name.")
+
+
+def _resumed_setup(
+    stored: StudySetup,
+    target: str | None,
+    ignore_columns: tuple[str, ...] | list[str],
+    split: SplitSpec | None,
+    space: SearchSpace | dict[str, Any] | None,
+    seed: int | None,
+    pruner: str | None,
+) -> StudySetup:
+    """Return the stored setup with every option the caller gave in place of the stored one.
+
+    The fingerprint check then rejects a given option that differs, instead of the run
+    ignoring it without a word.
+    """
+    data = stored.data
+    if target is not None:
+        data = replace(data, target=target)
+    if ignore_columns:
+        data = replace(data, ignore_columns=tuple(ignore_columns))
+    if split is not None:
+        data = replace(data, split=split)
+    if isinstance(space, dict):
+        # Entries given as a dict override the stored space, not the default one.
+        space = SearchSpace.from_dict({**stored.space.to_dict(), **space})
+    return replace(
+        stored,
+        data=data,
+        space=space or stored.space,
+        seed=stored.seed if seed is None else seed,
+        pruner=stored.pruner if pruner is None else pruner,
+    )
+
+
+def _existing_study(name: str, url: str) -> optuna.Study | None:
+    """Load the study ``name`` if the storage holds it, without creating anything."""
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return None
     storage = open_storage(url, create=False)
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
+        with translated_storage_errors(url):
+            study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
-    return StudySetup.from_dict(study_settings(study))
+    study_settings(study)  # raises for a study that hpo did not create
+    return study
 
 
-def _check_same_setup(name: str, existing: StudySetup, requested: StudySetup) -> None:
-    differences = []
-    old, new = existing.to_dict(), requested.to_dict()
-    for key in ("data", "space", "seed", "pruner", "metric", "cv", "constraints"):
-        if old[key] != new[key]:
-            differences.append(key)
+def _check_same_inputs(study: optuna.Study, requested: StudySetup, fingerprint: dict[str, Any]) -> None:
+    """Raise StudyError naming every difference between the study's inputs and this run's."""
+    stored = StudySetup.from_dict(study_settings(study)).to_dict()
+    new = requested.to_dict()
+    differences = [f"{key} {stored[key]} -> {new[key]}" for key in ("seed", "pruner", "cv", "constraints") if stored[key] != new[key]]
+    stored_fingerprint = study.user_attrs.get(FINGERPRINT_ATTR)
+    if isinstance(stored_fingerprint, dict):
+        differences = fingerprint_differences(stored_fingerprint, fingerprint) + differences
+    else:
+        # No fingerprint to compare with: fall back to the stored settings.
+        differences = [f"{key} settings" for key in ("data", "space", "metric") if stored[key] != new[key]] + differences
     if differences:
         raise StudyError(
-            f"study {name!r} exists with different {', '.join(differences)}; rerun without --data to resume it "
-            "as stored, or pick a new --study name."
+            f"study {study.study_name!r} was created with other inputs: {'; '.join(differences)}. "
+            "Rerun with the study's own inputs (without --data resumes them as stored), "
+            "or pass --new-study to start a new study warm-started from this one's best trials."
+        )
+
+
+def _check_direction(study: optuna.Study, settings: dict[str, Any]) -> None:
+    # create_study(load_if_exists=True) keeps a stored study's direction without a word.
+    direction = str(settings["direction"])
+    if study.direction.name.lower() != direction:
+        raise StudyError(
+            f"study {study.study_name!r} is stored with direction {study.direction.name.lower()}, "
+            f"but this run would {direction} {settings.get('metric', 'its metric')}; pass another --study name."
         )
 
 

@@ -254,9 +254,9 @@ def test_optimize_resume_with_changed_space_exits_1(tmp_path: Path, capsys: pyte
 
     err = capsys.readouterr().err
     assert code == 1
-    assert "these options would be ignored" in err
-    assert "search space" in err
-    assert "--pruner none (stored: median)" in err
+    assert "was created with other inputs" in err
+    assert "search space max_epochs 1 -> 3" in err
+    assert "pruner median -> none" in err
     assert db.read_bytes() == before
 
 
