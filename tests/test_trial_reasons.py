@@ -18,7 +18,11 @@ from hpo.finalizer import best_trial
 from hpo.objective import REASON_ATTR, Objective, checked_value
 from hpo.space import SearchSpace
 
-TINY = SearchSpace.from_dict({"max_epochs": 2, "n_layers": 1, "n_units": 8, "batch_size": 32, "optimizer": "adam"})
+# Every parameter fixed, so each trial trains the same network whatever the sampler picks.
+TINY = SearchSpace.from_dict({
+    "max_epochs": 2, "n_layers": 1, "n_units": 8, "batch_size": 32, "optimizer": "adam", "activation": "relu",
+    "dropout": 0.0, "weight_decay": 0, "lr": 0.01, "class_weight": "none",
+})
 
 
 def _device_data(*, n_classes: int = 2, label_offset: int = 0) -> DeviceData:
