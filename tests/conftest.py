@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,15 @@ def _isolated_study_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     monkeypatch.delenv("HPO_STUDY_DIR", raising=False)
     monkeypatch.delenv("HPO_STORAGE", raising=False)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _detached_cli_logging() -> Iterator[None]:
+    """Remove the handler that ``hpo.cli.main`` binds to this test's captured stderr, which closes after it."""
+    yield
+    hpo_logger = logging.getLogger("hpo")
+    hpo_logger.handlers.clear()
+    hpo_logger.propagate = True
 
 
 @pytest.fixture(scope="session")
