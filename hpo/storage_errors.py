@@ -86,15 +86,12 @@ def describe_storage_error(err: BaseException, url: str) -> str:
     cause = root_cause(err)
     text = _first_line(cause)
     lowered = text.lower()
-    schema_message = _schema_message(cause, url)
-    if schema_message is not None:
-        message = schema_message
-    elif isinstance(cause, ModuleNotFoundError):
+    path = _sqlite_file(url)
+    message = _schema_message(cause, url)
+    if message is None and isinstance(cause, ModuleNotFoundError):
         message = _driver_message(cause, url)
-    elif _sqlite_file(url) is not None:
-        message = _sqlite_message(_sqlite_file(url), lowered, text)  # type: ignore[arg-type]
-    else:
-        message = _server_message(url, lowered, text)
+    if message is None:
+        message = _sqlite_message(path, lowered, text) if path is not None else _server_message(url, lowered, text)
     if message is None:
         message = f"storage {_where(url)} failed: {type(cause).__name__}: {text}"
     return hide_password(message, url)
