@@ -175,9 +175,9 @@ def optimize(
         raise TypeError(f"data must be a file path or a built-in data set name, not {type(data).__name__}; save a DataFrame with to_parquet() first.")
     if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int)):
         raise TypeError(f"n_trials must be an int or None; got {n_trials!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int; got {seed!r}.")
-    if not 0 <= seed < 2**32:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None; got {seed!r}.")
+    if seed is not None and not 0 <= seed < 2**32:
         raise InputError(f"seed must be in 0..{2**32 - 1}; got {seed}.")
     if n_trials is not None and n_trials < 1:
         raise InputError(f"n_trials must be >= 1; got {n_trials}.")
