@@ -193,9 +193,8 @@ def open_read_only_storage(url: str) -> optuna.storages.RDBStorage:
     engine_kwargs = {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S}}
     try:
         return optuna.storages.RDBStorage(read_only_url, engine_kwargs=engine_kwargs, skip_table_creation=True)
-    except Exception as err:  # SQLAlchemy and Optuna raise many types for one unusable storage
-        cause = err.__cause__ or err
-        raise StorageError(f"cannot open storage {path} read-only: {type(cause).__name__}: {cause}") from err
+    except Exception as err:  # SQLAlchemy, drivers and Optuna's schema check raise many types
+        raise StorageError(describe_storage_error(err, url)) from err
 
 
 def _check_optuna_tables(path: Path) -> None:
