@@ -178,6 +178,12 @@ def _sqlite_message(path: Path, lowered: str, text: str) -> str | None:
     if "database or disk is full" in lowered or "no space left" in lowered:
         return f"cannot write SQLite file {path}: the disk is full ({_free_space(folder)} free on its filesystem). Free some space or move the study with --storage."
     if "disk i/o error" in lowered:
+        size_limit = _file_size_limit()
+        if size_limit is not None:
+            return (
+                f"cannot write SQLite file {path}: disk I/O error, and this process may write files of at most "
+                f"{size_limit} bytes (ulimit -f). Raise the limit or move the study with --storage."
+            )
         return f"cannot write SQLite file {path}: disk I/O error ({_free_space(folder)} free on its filesystem). Check the disk and its free space."
     if "not a database" in lowered:
         return f"{path} is not a SQLite database. Point --storage at a study file, or move that file away."
@@ -217,6 +223,16 @@ def _free_space(folder: Path) -> str:
     except OSError as err:
         return "unknown" if err.errno != errno.ENOENT else "no folder"
     return f"{free / 2**20:.1f} MiB"
+
+
+def _file_size_limit() -> int | None:
+    """Return the process's maximum file size in bytes (``ulimit -f``), or None when unlimited."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _first_line(err: BaseException) -> str:

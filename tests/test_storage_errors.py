@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -40,6 +41,9 @@ def _without_root_permissions() -> list[str]:
         pytest.skip("running as root without setpriv, so file permissions cannot be enforced")
     return ["setpriv", f"--bounding-set={_PERMISSION_CAPS}", "--inh-caps=-all"]
 
+
+# Enough trials to outgrow 200 KiB of SQLite file.
+_OPTIMIZE_MANY = [sys.executable, "-m", "hpo", "optimize", "--data", "iris", "--n-trials", "60", "--max-epochs", "1", "--device", "cpu", "--pruner", "none", "-q"]
 
 _OPEN_AND_CREATE = """
 import sys, optuna
@@ -92,11 +96,7 @@ def test_optimize_full_disk_stops_with_one_line(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()
     # A private mount namespace: the 200 KiB tmpfs disappears with the process.
-    script = (
-        f"mount -t tmpfs -o size=200k tmpfs {disk} && "
-        f"exec {sys.executable} -m hpo optimize --data iris --n-trials 60 --max-epochs 1 "
-        f"--device cpu --pruner none -q --storage sqlite:///{disk}/study.db"
-    )
+    script = f"mount -t tmpfs -o size=200k tmpfs {disk} && exec {' '.join(_OPTIMIZE_MANY)} --storage sqlite:///{disk}/study.db"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
@@ -104,6 +104,26 @@ def test_optimize_full_disk_stops_with_one_line(tmp_path: Path) -> None:
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith(f"hpo: error: cannot write SQLite file {disk}/study.db: the disk is full (")
     assert "StorageInternalError" not in last_line
+
+
+def test_optimize_file_size_limit_stops_with_one_line(tmp_path: Path) -> None:
+    resource = pytest.importorskip("resource")
+
+    def limit_file_size() -> None:
+        # Without SIG_IGN the kernel kills the process at the limit instead of failing the write.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200 * 1024, 200 * 1024))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [*_OPTIMIZE_MANY, "--storage", f"sqlite:///{tmp_path / 'study.db'}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+
+    assert result.returncode == 1, result.stdout + result.stderr[-2000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        f"hpo: error: cannot write SQLite file {tmp_path / 'study.db'}: disk I/O error, and this process may write "
+        "files of at most 204800 bytes (ulimit -f). Raise the limit or move the study with --storage."
+    )
 
 
 def test_load_study_garbage_file_not_a_database(tmp_path: Path) -> None:
