@@ -108,6 +108,7 @@ def _add_finalize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", dest="study_name", required=True, help="study to finalize")
     p.add_argument("--storage", help=_STORAGE_HELP)
     p.add_argument("--out", required=True, help="folder for model.json and model.pt, e.g. models/ocean")
+    p.add_argument("--data", help="the study's data file at its new path, if it was moved; its content must be unchanged")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--seeds", type=int, default=1, help="train the best configuration this many times with different seeds and print the mean and standard deviation of the test metric (default: 1)")
     p.add_argument("--top-k", type=int, default=1, help="also retrain the next best trials, K in all, with --seeds seeds each, and tell whether the best trial's lead exceeds the seed noise (default: 1)")
@@ -178,7 +179,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
 def _run_finalize(args: argparse.Namespace) -> int:
     from hpo.finalizer import finalize
 
-    result = finalize(args.study_name, args.out, storage=args.storage, device=args.device, n_seeds=args.seeds, top_k=args.top_k)
+    result = finalize(args.study_name, args.out, storage=args.storage, device=args.device, n_seeds=args.seeds, top_k=args.top_k, data=args.data)
     test = result.test_metrics
     metric = result.metric
     print(

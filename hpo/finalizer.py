@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from hpo.bundle import JSON_NAME, WEIGHTS_NAME, check_output_folder, save_bundle
 from hpo.device import resolve_device
 from hpo.engine import predict_logits
 from hpo.exceptions import InputError, StudyError
+from hpo.fingerprint import check_study_data
 from hpo.metrics import CLASSIFICATION, METRICS, REGRESSION, compute_metrics, per_class_report
 from hpo.model import count_parameters
 from hpo.prepare import load_and_split, prepare
@@ -113,6 +114,7 @@ def finalize(
     device: str = "auto",
     n_seeds: int = 1,
     top_k: int = 1,
+    data: str | Path | None = None,
 ) -> FinalizeResult:
     """Retrain the best trial on train+validation, evaluate once on test, and save the bundle.
 
@@ -133,6 +135,8 @@ def finalize(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         n_seeds: Training runs per configuration for the seed spread, >= 1.
         top_k: Best trials to retrain and compare, >= 1; above 1 it needs ``n_seeds`` >= 2.
+        data: The study's data file at a new path, for a file that was moved since the
+            study was created. Its content must match the study's fingerprint.
 
     Returns:
         The bundle folder, the chosen trial and its test metrics.
@@ -152,6 +156,8 @@ def finalize(
     torch_device = resolve_device(device)
     study = load_study(name, url)
     setup = StudySetup.from_dict(study_settings(study))
+    if data is not None:
+        setup = replace(setup, data=replace(setup.data, source=str(Path(data).expanduser().resolve())))
     metric = METRICS[setup.metric]
     trial = best_trial(study)
     config = TrialConfig.from_dict(trial.user_attrs["config"])
@@ -160,6 +166,7 @@ def finalize(
     _logger.info("Retraining trial %d (validation %s %.5f) for %d epochs on train+validation.", trial.number, metric.name, trial.value, n_epochs)
 
     table, split = load_and_split(setup.data)
+    check_study_data(study.user_attrs, name, table, setup.data.split, split)
     prepared = prepare(table, split, final=True)
     data = device_data(prepared, torch_device)
     network, result, arch = fit_network(data, config, seed=seed, metric=metric, n_epochs=n_epochs)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from hpo.data import SplitIndices, SplitSpec, Table
+from hpo.exceptions import StudyError
 
 _logger = logging.getLogger(__name__)
 
@@ -92,6 +93,28 @@ def column_kind(column: pd.Series) -> str:
     if types.is_datetime64_any_dtype(column):
         return "datetime"
     return "text"
+
+
+def check_study_data(study_attrs: dict[str, Any], study_name: str, table: Table, split_spec: SplitSpec, split: SplitIndices) -> None:
+    """Raise when the table or split differs from the ones the study was created with.
+
+    Commands that reuse a study's data (finalize, reproduce) call this, so that a data file
+    changed in place is not silently used to retrain and test a trial chosen on other rows.
+    Studies without a stored fingerprint pass unchecked.
+
+    Raises:
+        StudyError: Naming every difference.
+    """
+    stored = study_attrs.get(FINGERPRINT_ATTR)
+    if not isinstance(stored, dict):
+        return
+    current = compute_fingerprint(table, split_spec, split, {}, {})
+    differences = _data_differences(stored.get("data", {}), current["data"]) + _split_differences(stored.get("split", {}), current["split"])
+    if differences:
+        raise StudyError(
+            f"the data of study {study_name!r} differs from what it was created with: {'; '.join(differences)}. "
+            "Restore the original file, or point --data at an unchanged copy."
+        )
 
 
 def fingerprint_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -11,7 +11,8 @@ from torch import nn
 
 from hpo.device import resolve_device
 from hpo.engine import DeviceData, TrainResult, train
-from hpo.metrics import METRICS, Metric
+from hpo.fingerprint import check_study_data
+from hpo.metrics import Metric
 from hpo.model import build_mlp
 from hpo.objective import architecture
 from hpo.prepare import PreparedData, load_and_split
@@ -85,6 +86,7 @@ def reproduce_trial(
         raise ValueError(f"trial {trial_number} of study {name!r} is not a completed hpo trial")
 
     table, split = load_and_split(setup.data)
+    check_study_data(study.user_attrs, name, table, setup.data.split, split)
     objective, _ = build_objective(setup, table, split, resolve_device(device))
     value = objective(optuna.trial.FixedTrial(trial.params, number=trial.number))  # type: ignore[arg-type]
     return float(trial.value), float(value)  # type: ignore[arg-type]

@@ -320,3 +320,24 @@ def test_mask_password_hides_password_literally() -> None:
     masked = mask_password("postgresql+psycopg2://bob:s3cr%40t@db.example:5432/hpo")
 
     assert masked == "postgresql+psycopg2://bob:***@db.example:5432/hpo"
+
+
+def test_finalize_changed_or_moved_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    original = tmp_path / "data.csv"
+    frame = load_table("iris").frame
+    frame.to_csv(original, index=False)
+    assert main(["optimize", "--data", str(original), "--target", "target", "--study", "moved", "--n-trials", "1", "--max-epochs", "1", "-q"]) == 0
+
+    moved = tmp_path / "elsewhere" / "data.csv"
+    moved.parent.mkdir()
+    original.rename(moved)
+    assert main(["finalize", "--study", "moved", "--out", str(tmp_path / "m0"), "-q"]) == 2
+    assert "data file not found" in capsys.readouterr().err
+
+    frame.head(120).to_csv(original, index=False)
+    assert main(["finalize", "--study", "moved", "--out", str(tmp_path / "m1"), "-q"]) == 1
+    assert "differs from what it was created with: data content changed" in capsys.readouterr().err
+    assert not (tmp_path / "m1").exists()
+
+    assert main(["finalize", "--study", "moved", "--out", str(tmp_path / "m2"), "--data", str(moved), "-q"]) == 0
+    assert (tmp_path / "m2" / "model.json").exists()
