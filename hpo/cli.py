@@ -101,6 +101,7 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with [optimize] options and [space] ranges; flags override it")
     p.add_argument("--space", action="append", default=[], metavar="KEY=VALUE", help=f"override one search-space entry, VALUE in TOML syntax, e.g. n_layers=[1,3] or activation=\"relu\"; repeatable. Keys: {', '.join(f.name for f in fields(SearchSpace))}")
     p.add_argument("--max-epochs", type=int, help="maximum epochs per trial (default: 30)")
+    p.add_argument("--pack", type=_pack_size, help="train up to K trials together as one stacked computation, or 'auto' to size packs from the data and device (default: 1, one trial at a time)")
     p.set_defaults(handler=_run_optimize)
 
 
@@ -288,6 +289,18 @@ def _warn_password_on_command_line(url: str | None) -> None:
 
     if url is not None and mask_password(url) != url:
         _logger.warning("The --storage URL holds a password, which other users of this machine can read in the process list; set HPO_STORAGE or the config file's storage key instead.")
+
+
+def _pack_size(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"invalid pack size {text!r}; use a positive integer or auto")
+    return size
 
 
 def _comma_list(text: str) -> list[str]:

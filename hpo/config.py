@@ -29,6 +29,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "max_params": (int,),
     "max_latency_ms": (int, float),
     "device": (str,),
+    "pack": (int, str),
 }
 _TABLES = ("optimize", "space")
 

@@ -14,6 +14,7 @@ from hpo.device import describe_device, free_device_memory
 from hpo.engine import DeviceData, EpochStats, NonFiniteLossError, train
 from hpo.metrics import METRICS, Metric
 from hpo.model import build_mlp
+from hpo.reporting import DirectReporter, TrialReporter, batched_params
 from hpo.space import SearchSpace, TrialConfig, suggest_config
 
 _logger = logging.getLogger(__name__)
@@ -91,16 +92,16 @@ class Objective:
         self.metric = metric
         self.budget = budget
         self.device_name = describe_device(data.device)
+        self._reporter: TrialReporter | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
-        config = suggest_config(trial, self.space, task=self.data.task)
+        with batched_params(trial):
+            config = suggest_config(trial, self.space, task=self.data.task)
         seed = trial_seed(self.seed, trial.number)
         arch = architecture(config, self.data.x_train.shape[1], self.data.n_outputs)
 
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("n_params", parameter_count(arch))
-        trial.set_user_attr("device", self.device_name)
-        trial.set_user_attr("config", config.to_dict())
+        reporter = self.reporter(trial)
+        set_start_attrs(reporter, trial, seed=seed, n_params=parameter_count(arch), device=self.device_name, config=config)
         curve: list[float] = []
 
         try:
@@ -108,20 +109,20 @@ class Objective:
                 apply_budget(trial, arch, parameter_count(arch), self.budget)
             return self.run_trial(trial, config, arch, seed, curve)
         except optuna.TrialPruned as err:
-            self._finish_attrs(trial, curve)
-            trial.set_user_attr(REASON_ATTR, str(err))
+            set_curve_attrs(reporter, trial, curve)
+            reporter.set_user_attr(trial, REASON_ATTR, str(err))
             raise
         except NonFiniteLossError as err:
-            self._finish_attrs(trial, curve)
-            trial.set_user_attr(REASON_ATTR, str(err))
+            set_curve_attrs(reporter, trial, curve)
+            reporter.set_user_attr(trial, REASON_ATTR, str(err))
             raise
         except torch.OutOfMemoryError as err:
-            self._finish_attrs(trial, curve)
-            trial.set_user_attr(REASON_ATTR, f"out of memory at batch size {config.batch_size}")
+            set_curve_attrs(reporter, trial, curve)
+            reporter.set_user_attr(trial, REASON_ATTR, f"out of memory at batch size {config.batch_size}")
             raise RuntimeError(f"out of memory at batch size {config.batch_size}") from err
         except Exception as err:
-            self._finish_attrs(trial, curve)
-            trial.set_user_attr(REASON_ATTR, f"{type(err).__name__}: {err}"[:_MAX_REASON_CHARS])
+            set_curve_attrs(reporter, trial, curve)
+            reporter.set_user_attr(trial, REASON_ATTR, failure_reason(err))
             raise
         except KeyboardInterrupt:
             # Optuna stores the trial as FAIL and re-raises, which stops the study.
@@ -130,6 +131,16 @@ class Objective:
             raise
         finally:
             free_device_memory(self.data.device)
+            # study.optimize tells the trial finished after this returns, so nothing may stay queued.
+            reporter.flush()
+
+    def reporter(self, trial: optuna.Trial) -> TrialReporter | DirectReporter:
+        """Return the batched reporter of ``trial``'s study, or a direct one for a ``FixedTrial``."""
+        if not isinstance(trial, optuna.Trial):
+            return DirectReporter()
+        if self._reporter is None or self._reporter.study is not trial.study:
+            self._reporter = TrialReporter(trial.study)
+        return self._reporter
 
     def run_trial(self, trial: optuna.Trial, config: TrialConfig, arch: dict[str, Any], seed: int, curve: list[float]) -> float:
         """Train one network on the validation split and return its best validation score.
@@ -139,22 +150,53 @@ class Objective:
         """
         torch.manual_seed(seed)
         model = build_mlp(arch).to(self.data.device)
+        reporter = self.reporter(trial)
 
         def on_epoch(stats: EpochStats) -> None:
             curve.append(round(stats.train_loss, 6))
             assert stats.val_score is not None
-            trial.report(stats.val_score, stats.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {stats.epoch} with validation {self.metric.name} {stats.val_score:.4f}")
+            reporter.report(trial, stats.val_score, stats.epoch)
+            if reporter.should_prune(trial):
+                raise optuna.TrialPruned(pruned_reason(stats.epoch, self.metric.name, stats.val_score))
+            reporter.flush_if_due()
 
         result = train(model, config, self.data, seed=seed, on_epoch=on_epoch, metric=self.metric)
         assert result.best_score is not None and result.best_epoch is not None
-        self._finish_attrs(trial, curve)
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        set_curve_attrs(reporter, trial, curve)
+        set_result_attrs(reporter, trial, best_epoch=result.best_epoch, seconds=result.seconds)
         return checked_value(trial, result.best_score)
 
     @staticmethod
     def _finish_attrs(trial: optuna.Trial, curve: list[float]) -> None:
         trial.set_user_attr("epochs_run", len(curve))
         trial.set_user_attr("train_loss", curve)
+
+
+def set_start_attrs(reporter: TrialReporter | DirectReporter, trial: optuna.Trial, *, seed: int, n_params: int, device: str, config: TrialConfig) -> None:
+    """Queue the user attributes every trial gets when training starts."""
+    reporter.set_user_attr(trial, "seed", seed)
+    reporter.set_user_attr(trial, "n_params", n_params)
+    reporter.set_user_attr(trial, "device", device)
+    reporter.set_user_attr(trial, "config", config.to_dict())
+
+
+def set_curve_attrs(reporter: TrialReporter | DirectReporter, trial: optuna.Trial, curve: list[float]) -> None:
+    """Queue the epoch count and the per-epoch training loss curve (rounded to 6 digits)."""
+    reporter.set_user_attr(trial, "epochs_run", len(curve))
+    reporter.set_user_attr(trial, "train_loss", curve)
+
+
+def set_result_attrs(reporter: TrialReporter | DirectReporter, trial: optuna.Trial, *, best_epoch: int, seconds: float) -> None:
+    """Queue the attributes of a completed trial: its best epoch and training time."""
+    reporter.set_user_attr(trial, "best_epoch", best_epoch)
+    reporter.set_user_attr(trial, "train_seconds", round(seconds, 3))
+
+
+def pruned_reason(epoch: int, metric_name: str, score: float) -> str:
+    """Return the ``reason`` stored on a trial pruned at ``epoch`` with validation ``score``."""
+    return f"pruned at epoch {epoch} with validation {metric_name} {score:.4f}"
+
+
+def failure_reason(err: BaseException) -> str:
+    """Return the ``reason`` stored on a trial that failed with ``err``, cut to a short line."""
+    return f"{type(err).__name__}: {err}"[:_MAX_REASON_CHARS]

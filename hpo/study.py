@@ -24,6 +24,7 @@ from hpo.exceptions import InputError, StudyError
 from hpo.fingerprint import FINGERPRINT_ATTR, compute_fingerprint, fingerprint_differences
 from hpo.metrics import CLASSIFICATION, METRICS, get_metric
 from hpo.objective import REASON_ATTR, Objective
+from hpo.pack_runner import choose_pack_size, run_packed
 from hpo.progress import StudyProgress
 from hpo.prepare import DataSettings, load_and_split, prepare
 from hpo.space import SearchSpace
@@ -119,6 +120,7 @@ def optimize(
     split: SplitSpec | None = None,
     show_progress_bar: bool = False,
     new_study: bool = False,
+    pack: int | str = 1,
 ) -> optuna.Study:
     """Run ``n_trials`` trials on a new or existing study and return the study.
 
@@ -162,6 +164,10 @@ def optimize(
         new_study: Start a new study even if ``study_name`` exists: it is named
             ``<study_name>-2`` (or the next free suffix) and first runs the parameters of
             the old study's best trials that fit the search space.
+        pack: Most trials of this worker trained together as one stacked computation
+            (``hpo.pack``); 1 trains one trial at a time, ``auto`` picks a size from the
+            training rows and the device. Packs train on one validation split, so they
+            do not combine with ``cv``.
 
     Returns:
         The study, with the new trials.
@@ -185,6 +191,8 @@ def optimize(
         raise InputError(f"timeout must be a positive number of seconds; got {timeout}.")
     if pruner is not None and pruner not in PRUNERS:
         raise InputError(f"unknown pruner {pruner!r}; choose from {', '.join(PRUNERS)}.")
+    if pack != "auto" and not (isinstance(pack, int) and not isinstance(pack, bool) and pack >= 1):
+        raise InputError(f"pack must be a positive integer or 'auto'; got {pack!r}.")
     if cv and not 2 <= cv <= MAX_FOLDS:
         raise InputError(f"--cv must be 0 (off) or 2..{MAX_FOLDS} folds; got {cv}.")
     requested_budget = Budget(max_params=max_params, max_latency_ms=max_latency_ms)
@@ -230,6 +238,8 @@ def optimize(
     elif existing is not None:
         _check_same_inputs(existing, setup, fingerprint)
     metric_obj = METRICS[setup.metric]
+    if setup.cv and pack not in (1, "auto"):
+        raise InputError(f"--pack trains each trial on one validation split, so it cannot run study {name!r} with --cv {setup.cv}; drop --pack.")
     objective, parts = build_objective(setup, table, split_indices, torch_device)
 
     storage_obj = open_storage(url, create=True)
@@ -262,9 +272,17 @@ def optimize(
     progress = StudyProgress(study, n_trials) if show_progress_bar else None
     if progress is not None:
         callbacks.append(progress)
+    pack_size = choose_pack_size(len(parts[0].y_train), torch_device, n_trials=n_trials) if pack == "auto" else int(pack)
     stop_on_storage_error = StopOnStorageError(with_start_event(objective))
     with progress or nullcontext(), translated_storage_errors(url):
-        study.optimize(stop_on_storage_error, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=callbacks)
+        if pack_size > 1 and not setup.cv:
+            _logger.info("Training up to %d trials at once in packs.", pack_size)
+            run_packed(
+                study, setup.space, parts[0], seed=setup.seed, metric=metric_obj, budget=setup.budget,
+                pack_size=pack_size, n_trials=n_trials, timeout=timeout, callbacks=callbacks,
+            )
+        else:
+            study.optimize(stop_on_storage_error, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=callbacks)
     stop_on_storage_error.raise_error(url)
     save_learning_curves(study)
     if guard.tripped:

@@ -15,8 +15,9 @@ from hpo.space import SearchSpace, load_space_file, parse_override, suggest_conf
 def test_search_space_defaults_match_documented_ranges() -> None:
     space = SearchSpace()
 
-    assert space.n_layers == [1, 5]
-    assert space.n_units == [8, 512]
+    assert space.n_layers == [1, 3]
+    assert space.n_units == [8, 128]
+    assert space.batch_size == [128, 256, 512, 1024]
     assert space.lr == [1e-5, 1e-1]
     assert space.dropout == [0.0, 0.5]
     assert set(space.activation) == {"relu", "tanh", "gelu", "silu", "leaky_relu"}
@@ -125,7 +126,7 @@ def test_suggest_config_sampler_sees_every_parameter_jointly() -> None:
     shared = intersection_search_space(study.get_trials(deepcopy=False))
 
     assert len(depths) > 1
-    assert {f"n_units_l{i}" for i in range(5)} <= set(shared)
+    assert {f"n_units_l{i}" for i in range(SearchSpace().max_layers)} <= set(shared)
     assert {"n_layers", "lr", "batch_size", "activation", "optimizer", "dropout", "weight_decay"} <= set(shared)
 
 
@@ -142,4 +143,4 @@ def test_suggest_config_tpe_samples_widths_relatively() -> None:
     suggest_config(trial, space)
 
     # relative_params are the ones the multivariate model drew jointly.
-    assert {f"n_units_l{i}" for i in range(5)} <= set(trial.relative_params)
+    assert {f"n_units_l{i}" for i in range(SearchSpace().max_layers)} <= set(trial.relative_params)
