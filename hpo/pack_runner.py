@@ -42,8 +42,8 @@ _logger = logging.getLogger(__name__)
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 # Pack sizes chosen when the user does not set one. On 2 CPU cores, a pack of 8 trained
-# several times the network-epochs per second of one network at batch 128 (see
-# docs/benchmark.md), and more members mean fewer sampler updates between trials.
+# 3.3x the network-epochs per second of one network at batch 128 and 2.0x at batch 2048
+# (scripts/benchmark.py, docs/benchmark.md); larger packs mean fewer sampler updates.
 _AUTO_PACK_CPU = 8
 # NOTE: an estimate until scripts/gpu_check.py has measured packs on a GPU.
 _AUTO_PACK_GPU = 32
