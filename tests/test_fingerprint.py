@@ -137,7 +137,7 @@ def test_cli_new_study_flag_picks_next_free_name(tmp_path: Path, capsys: pytest.
     common = ["optimize", "--data", "iris", "--n-trials", "1", "--max-epochs", "1", "--device", "cpu", "--pruner", "none", "-q"]
     assert main(common) == 0
     assert main([*common, "--space", "n_layers=1"]) == 1
-    assert "search space n_layers [1, 5] -> 1" in capsys.readouterr().err
+    assert "search space n_layers [1, 3] -> 1" in capsys.readouterr().err
 
     assert main([*common, "--space", "n_layers=1", "--new-study"]) == 0
     assert "Study 'iris-2'" in capsys.readouterr().out
