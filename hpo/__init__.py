@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "optimize": "hpo.study",
+    "run_worker": "hpo.workers",
     "finalize": "hpo.finalizer",
     "FinalizeResult": "hpo.finalizer",
     "reproduce_trial": "hpo.retrain",

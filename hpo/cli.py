@@ -38,7 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet, args.log_format, args.debug)
     _warn_password_on_command_line(getattr(args, "storage", None))
     try:
-        return int(args.handler(args))
+        if args.command not in ("optimize", "worker"):
+            return int(args.handler(args))
+        from hpo.trial_loop import interrupt_handlers
+
+        with interrupt_handlers():
+            return int(args.handler(args))
     except HpoError as err:
         if args.debug:
             _logger.exception("hpo failed")
@@ -68,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _add_optimize(sub.add_parser("optimize", parents=[common], help="run trials on a new or existing study", description="Run trials on a new or existing study."))
+    _add_worker(sub.add_parser("worker", parents=[common], help="join a study as one more worker", description="Run queued trials of an existing study; the study stores everything else."))
     _add_finalize(sub.add_parser("finalize", parents=[common], help="retrain the best trial and save the model", description="Retrain the best trial on train+validation, test it once and save the bundle."))
     _add_predict(sub.add_parser("predict", parents=[common], help="predict a table with a saved model", description="Predict a CSV or Parquet file with a saved bundle."))
     _add_views(sub, common)
@@ -102,7 +108,20 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", action="append", default=[], metavar="KEY=VALUE", help=f"override one search-space entry, VALUE in TOML syntax, e.g. n_layers=[1,3] or activation=\"relu\"; repeatable. Keys: {', '.join(f.name for f in fields(SearchSpace))}")
     p.add_argument("--max-epochs", type=int, help="maximum epochs per trial (default: 30)")
     p.add_argument("--pack", type=_pack_size, help="train up to K trials together as one stacked computation, or 'auto' to size packs from the data and device (default: 1, one trial at a time)")
+    p.add_argument("--workers", type=int, help="worker processes sharing the trials (default: one per visible GPU, else 1; 0 only queues the trials for 'hpo worker')")
+    p.add_argument("--gpus", type=_int_list, help="comma-separated CUDA device indices for the workers, e.g. 0,1 (default: all visible)")
+    p.add_argument("--workers-per-gpu", type=int, help="workers sharing each GPU (default: 1)")
+    p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats of a running trial (default: 5)")
+    p.add_argument("--grace-period", type=float, help="seconds without a heartbeat after which a trial counts as lost and runs again (default: 30)")
     p.set_defaults(handler=_run_optimize)
+
+
+def _add_worker(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", dest="study_name", required=True, help="study to join, started with 'hpo optimize'")
+    p.add_argument("--storage", help=_STORAGE_HELP)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--threads", type=int, help="torch threads of this worker (default: $HPO_TORCH_THREADS, else all cores)")
+    p.set_defaults(handler=_run_worker)
 
 
 def _add_finalize(p: argparse.ArgumentParser) -> None:
@@ -152,6 +171,8 @@ def _add_views(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _run_optimize(args: argparse.Namespace) -> int:
+    import optuna
+
     from hpo.config import OPTION_TYPES, read_config
     from hpo.overview import finish_run
     from hpo.space import SearchSpace, parse_override
@@ -162,6 +183,8 @@ def _run_optimize(args: argparse.Namespace) -> int:
         value = getattr(args, name, None)
         if value is not None:
             options[name] = value
+    if args.gpus is not None:
+        options["gpus"] = args.gpus
     for text in args.space:
         key, value = parse_override(text)
         space_values[key] = value
@@ -172,8 +195,20 @@ def _run_optimize(args: argparse.Namespace) -> int:
         SearchSpace.from_dict(space_values, origin=args.config or "--space")  # reports errors with their origin
     space = space_values or None
     show_bar = not args.quiet and args.log_format == "text" and sys.stderr.isatty()
-    study = optimize(space=space, show_progress_bar=show_bar, new_study=args.new_study, **options)
+    study = optimize(space=space, show_progress_bar=show_bar, new_study=args.new_study, worker_args=_worker_args(args), **options)
+    if options.get("workers") == 0:
+        n_waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+        print(f"Study {study.study_name!r}: {n_waiting} trials queued; start workers with 'hpo worker --study {study.study_name}'.")
+        return EXIT_OK
     print(finish_run(study))
+    return EXIT_OK
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from hpo.workers import run_worker
+
+    stats = run_worker(args.study_name, args.storage, device=args.device, n_threads=args.threads)
+    print(f"Worker ended {stats.n_complete} complete, {stats.n_pruned} pruned and {stats.n_failed} failed trials.")
     return EXIT_OK
 
 
@@ -305,6 +340,23 @@ def _pack_size(text: str) -> int | str:
 
 def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in _comma_list(text)]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 0,1; got {text!r}") from err
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """Return the logging options that worker processes started by ``optimize`` inherit."""
+    worker_args = ["--log-format", args.log_format]
+    if args.quiet:
+        worker_args.append("--quiet")
+    elif args.verbose:
+        worker_args.append("-" + "v" * args.verbose)
+    return worker_args
 
 
 def _configure_logging(verbose: int, quiet: bool, log_format: str, debug: bool) -> None:

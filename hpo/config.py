@@ -30,6 +30,10 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "max_latency_ms": (int, float),
     "device": (str,),
     "pack": (int, str),
+    "workers": (int,),
+    "workers_per_gpu": (int,),
+    "heartbeat_interval": (int, float),
+    "grace_period": (int, float),
 }
 _TABLES = ("optimize", "space")
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -12,6 +15,24 @@ from hpo.exceptions import InputError
 _logger = logging.getLogger(__name__)
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# Environment variable with the number of torch threads of a worker process.
+THREADS_ENV = "HPO_TORCH_THREADS"
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", THREADS_ENV)
+
+
+@dataclass(frozen=True)
+class WorkerPlacement:
+    """Where one worker process runs: its device name and the environment it starts with.
+
+    ``env`` contains the variables to set before the worker's interpreter starts, so that CUDA
+    sees only the worker's GPU (``device`` is then ``cuda``, meaning ``cuda:0``) and the
+    thread pools of torch, OpenMP and MKL have ``n_threads`` threads.
+    """
+
+    device: str
+    n_threads: int
+    gpu: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -48,10 +69,95 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    """Return a short name for logs and trial attributes, such as ``cuda:0 (NVIDIA H200)``."""
+    """Return a short name for logs and trial attributes, such as ``cuda:0 (NVIDIA H200)``.
+
+    In a worker pinned to one GPU, the name also gives that GPU's id outside the worker,
+    such as ``cuda:0 (NVIDIA H200, CUDA_VISIBLE_DEVICES=3)``.
+    """
     if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
+        pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+        suffix = f", CUDA_VISIBLE_DEVICES={pinned}" if pinned else ""
+        return f"{device} ({torch.cuda.get_device_name(device)}{suffix})"
     return str(device)
+
+
+def plan_placements(
+    n_workers: int | None,
+    *,
+    device: str = "auto",
+    gpus: Sequence[int] | None = None,
+    workers_per_gpu: int | None = None,
+    n_cuda_devices: int,
+    n_cpus: int,
+    environ: Mapping[str, str] | None = None,
+) -> list[WorkerPlacement]:
+    """Decide the device, threads and environment of each worker process.
+
+    With CUDA devices (``device`` ``auto``, ``cuda`` or ``cuda:N``), each worker gets one
+    GPU through ``CUDA_VISIBLE_DEVICES``: ``gpus`` (default: all visible ones, or N for
+    ``cuda:N``) times ``workers_per_gpu`` (default 1) workers, or ``n_workers`` spread over
+    ``gpus`` in turn. Without CUDA, ``n_workers`` (default 1) run on ``device``. The CPU
+    cores are shared out, at least one thread each, so that workers do not oversubscribe them.
+
+    Args:
+        n_workers: Worker processes; None picks the default above; 0 plans none.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        gpus: CUDA device indices as this process sees them.
+        workers_per_gpu: Workers sharing each GPU, >= 1.
+        n_cuda_devices: CUDA devices this process sees (``torch.cuda.device_count()``).
+        n_cpus: CPU cores available to all workers together.
+        environ: This process's environment; its ``CUDA_VISIBLE_DEVICES`` maps indices to
+            the ids each worker must see. Defaults to ``os.environ``.
+
+    Raises:
+        InputError: For counts below their minimum, GPUs this machine lacks, GPU options
+            with a non-CUDA device, or ``n_workers`` that contradicts ``workers_per_gpu``.
+    """
+    spec = device.strip().lower()
+    if n_workers is not None and n_workers < 0:
+        raise InputError(f"workers must be >= 0; got {n_workers}.")
+    if workers_per_gpu is not None and workers_per_gpu < 1:
+        raise InputError(f"workers per GPU must be >= 1; got {workers_per_gpu}.")
+    wants_cuda = spec.startswith("cuda") or (spec == "auto" and n_cuda_devices > 0)
+    if not wants_cuda:
+        if gpus is not None or workers_per_gpu is not None:
+            raise InputError(f"--gpus and --workers-per-gpu need CUDA devices, but the device is {device!r} and this machine has {n_cuda_devices}.")
+        count = 1 if n_workers is None else n_workers
+        threads = max(1, n_cpus // max(count, 1))
+        hidden = {"CUDA_VISIBLE_DEVICES": ""} if spec == "cpu" else {}
+        return [WorkerPlacement(device=spec if spec != "auto" else "cpu", n_threads=threads, env={**hidden, **_thread_env(threads)}) for _ in range(count)]
+
+    indices = _cuda_indices(spec, gpus, n_cuda_devices)
+    per_gpu = workers_per_gpu or 1
+    if n_workers is None:
+        count = len(indices) * per_gpu
+    elif workers_per_gpu is not None and n_workers != len(indices) * per_gpu:
+        raise InputError(f"--workers {n_workers} contradicts {len(indices)} GPU(s) x --workers-per-gpu {per_gpu}; give one of them.")
+    else:
+        count = n_workers
+    visible = _visible_ids(environ if environ is not None else os.environ, n_cuda_devices)
+    threads = max(1, n_cpus // max(count, 1))
+    placements = []
+    for worker in range(count):
+        gpu = visible[indices[worker % len(indices)]]
+        env = {"CUDA_VISIBLE_DEVICES": gpu, **_thread_env(threads)}
+        placements.append(WorkerPlacement(device="cuda", n_threads=threads, gpu=gpu, env=env))
+    return placements
+
+
+def set_torch_threads(n_threads: int | None = None) -> int:
+    """Limit torch's intra-op threads to ``n_threads`` (default: ``$HPO_TORCH_THREADS``, else unchanged).
+
+    Returns:
+        The number of threads torch now uses.
+    """
+    if n_threads is None and os.environ.get(THREADS_ENV, "").strip():
+        n_threads = int(os.environ[THREADS_ENV])
+    if n_threads is not None:
+        if n_threads < 1:
+            raise InputError(f"threads must be >= 1; got {n_threads}.")
+        torch.set_num_threads(n_threads)
+    return torch.get_num_threads()
 
 
 def free_device_memory(device: torch.device) -> None:
@@ -60,6 +166,32 @@ def free_device_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+
+
+def _cuda_indices(spec: str, gpus: Sequence[int] | None, n_cuda_devices: int) -> list[int]:
+    if gpus is None:
+        indices = [torch.device(spec).index] if spec.startswith("cuda:") else list(range(n_cuda_devices))
+    else:
+        indices = list(dict.fromkeys(gpus))
+    if not indices:
+        raise InputError("no CUDA device is visible; use --device cpu, or check CUDA_VISIBLE_DEVICES.")
+    missing = [index for index in indices if index is None or not 0 <= index < n_cuda_devices]
+    if missing:
+        raise InputError(f"GPU(s) {', '.join(map(str, missing))} requested, but this machine has {n_cuda_devices} visible CUDA device(s): use indices 0..{n_cuda_devices - 1}.")
+    return indices
+
+
+def _visible_ids(environ: Mapping[str, str], n_cuda_devices: int) -> list[str]:
+    # Index i in this process is the i-th entry of its own CUDA_VISIBLE_DEVICES (an id or
+    # a UUID), which a worker must receive instead of i.
+    listed = [part.strip() for part in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
+    if "CUDA_VISIBLE_DEVICES" in environ and len(listed) >= n_cuda_devices:
+        return listed[:n_cuda_devices]
+    return [str(index) for index in range(n_cuda_devices)]
+
+
+def _thread_env(n_threads: int) -> dict[str, str]:
+    return {name: str(n_threads) for name in _THREAD_VARIABLES}
 
 
 def _mps_available() -> bool:

@@ -14,6 +14,7 @@ import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from hpo.concurrency import configure_sqlite, server_engine_kwargs, sqlite_engine_kwargs
 from hpo.exceptions import InputError, StorageError, StudyError
 from hpo.storage_errors import describe_folder_error, describe_storage_error, translated_storage_errors
 
@@ -110,7 +111,7 @@ def open_storage(url: str, *, create: bool) -> optuna.storages.RDBStorage:
         StorageError: When the storage cannot be opened.
     """
     path = sqlite_path(url)
-    engine_kwargs: dict[str, Any] = {}
+    engine_kwargs: dict[str, Any] = server_engine_kwargs()
     if path is not None:
         if not path.exists():
             if not create:
@@ -119,9 +120,12 @@ def open_storage(url: str, *, create: bool) -> optuna.storages.RDBStorage:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise StorageError(describe_folder_error(err, path)) from err
-        engine_kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT_S}
+        engine_kwargs = sqlite_engine_kwargs()
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        if path is not None:
+            configure_sqlite(storage.engine)
+        return storage
     except Exception as err:  # SQLAlchemy, drivers and Optuna's schema check raise many types
         raise StorageError(describe_storage_error(err, url)) from err
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,16 +19,17 @@ from hpo.baseline import record_baseline, warn_if_skewed
 from hpo.budget import Budget
 from hpo.cv import MAX_FOLDS, CrossValidationObjective, fold_data
 from hpo.data import BUILTIN_DATASETS, DEFAULT_DATASET, SplitIndices, SplitSpec, Table
-from hpo.device import resolve_device
+from hpo.device import plan_placements, resolve_device
 from hpo.engine import DeviceData
 from hpo.events import log_trial_end, with_start_event
 from hpo.exceptions import InputError, StudyError
 from hpo.fingerprint import FINGERPRINT_ATTR, compute_fingerprint, fingerprint_differences
 from hpo.metrics import CLASSIFICATION, METRICS, get_metric
-from hpo.objective import REASON_ATTR, Objective
+from hpo.objective import Objective
 from hpo.pack_runner import choose_pack_size, run_packed
 from hpo.progress import StudyProgress
 from hpo.prepare import DataSettings, load_and_split, prepare
+from hpo.run_plan import DEFAULT_GRACE_PERIOD_S, DEFAULT_HEARTBEAT_INTERVAL_S, start_run
 from hpo.space import SearchSpace
 from hpo.storage import (
     SETTINGS_ATTR,
@@ -37,15 +40,13 @@ from hpo.storage import (
     study_settings,
     validate_study_name,
 )
-from hpo.storage_errors import StopOnStorageError, translated_storage_errors
+from hpo.storage_errors import translated_storage_errors
 from hpo.warm_start import enqueue_best_trials, next_study_name
 
 _logger = logging.getLogger(__name__)
 
 PRUNERS = ("median", "successive-halving", "hyperband", "wilcoxon", "none")
 SETTINGS_FORMAT = 1
-# Consecutive failed trials after which a worker stops: something is wrong beyond one trial.
-MAX_CONSECUTIVE_FAILURES = 10
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,12 @@ def optimize(
     show_progress_bar: bool = False,
     new_study: bool = False,
     pack: int | str = 1,
+    workers: int | None = None,
+    gpus: Sequence[int] | None = None,
+    workers_per_gpu: int | None = None,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_S,
+    grace_period: float = DEFAULT_GRACE_PERIOD_S,
+    worker_args: Sequence[str] = (),
 ) -> optuna.Study:
     """Run ``n_trials`` trials on a new or existing study and return the study.
 
@@ -130,6 +137,10 @@ def optimize(
     objective; a run on an existing study whose fingerprint, seed or pruner differs is
     rejected, since it would mix incomparable trials. Every input is checked before the
     storage is written, so bad input changes nothing.
+
+    The run stores its goal on the study (``hpo.run_plan``): the ``n_trials`` are shared
+    exactly among all workers, including ``hpo worker`` processes that join later, and a
+    run started again with the same ``n_trials`` after an interruption finishes the rest.
 
     Args:
         data: A built-in data set name or a CSV/Parquet path. None resumes an existing
@@ -168,6 +179,15 @@ def optimize(
             (``hpo.pack``); 1 trains one trial at a time, ``auto`` picks a size from the
             training rows and the device. Packs train on one validation split, so they
             do not combine with ``cv``.
+        workers: Worker processes. None: one per visible GPU, else one; a single worker
+            runs in this process. 0 only stores the goal and the queued trials, for
+            ``hpo worker`` processes started elsewhere.
+        gpus: CUDA device indices to use (default: all visible).
+        workers_per_gpu: Workers sharing each GPU (default 1).
+        heartbeat_interval: Seconds between heartbeats of a running trial.
+        grace_period: Seconds without a heartbeat after which a trial counts as lost (its
+            worker died); it is then failed and its parameters run again once.
+        worker_args: Extra ``hpo`` options for worker processes, such as ``--quiet``.
 
     Returns:
         The study, with the new trials.
@@ -196,7 +216,22 @@ def optimize(
     if cv and not 2 <= cv <= MAX_FOLDS:
         raise InputError(f"--cv must be 0 (off) or 2..{MAX_FOLDS} folds; got {cv}.")
     requested_budget = Budget(max_params=max_params, max_latency_ms=max_latency_ms)
+    if not (heartbeat_interval > 0 and grace_period > heartbeat_interval):
+        raise InputError(f"the grace period must exceed the heartbeat interval, and both be positive; got {grace_period} and {heartbeat_interval} s.")
     torch_device = resolve_device(device)
+    placements = plan_placements(
+        workers, device=device, gpus=gpus, workers_per_gpu=workers_per_gpu,
+        n_cuda_devices=torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        n_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+    )
+    if pack != 1 and len(placements) > 1:
+        raise InputError("--pack trains its packs in one process, so it does not combine with several --workers yet; drop one of them.")
+    if len(placements) == 1 and placements[0].gpu is not None:
+        # One worker runs in this process, on the planned GPU.
+        torch_device = torch.device("cuda", int(gpus[0]) if gpus else torch_device.index or 0)
+    elif len(placements) != 1:
+        # This process trains nothing, so it keeps CUDA uninitialized and its GPU memory free.
+        torch_device = torch.device("cpu")
 
     name = validate_study_name(study_name if study_name is not None else _default_study_name(data))
     url = resolve_storage_url(storage, name)
@@ -267,28 +302,33 @@ def optimize(
         warn_if_skewed(parts[0], metric_obj)
         record_baseline(study, parts, metric_obj)
 
-    guard = _FailureGuard()
-    callbacks: list[Any] = [log_trial_end, guard]
+    callbacks: list[Any] = [log_trial_end]
     progress = StudyProgress(study, n_trials) if show_progress_bar else None
     if progress is not None:
         callbacks.append(progress)
     pack_size = choose_pack_size(len(parts[0].y_train), torch_device, n_trials=n_trials) if pack == "auto" else int(pack)
-    stop_on_storage_error = StopOnStorageError(with_start_event(objective))
     with progress or nullcontext(), translated_storage_errors(url):
-        if pack_size > 1 and not setup.cv:
+        start_run(study, n_trials, timeout=timeout, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        if len(placements) > 1:
+            from hpo.workers import run_workers
+
+            run_workers(study, storage_obj, url, placements, worker_args=worker_args)
+        elif placements and pack_size > 1 and not setup.cv:
+            # The packs take the queued trials through study.ask, so the count stays exact.
+            # NOTE: packed trials have no heartbeat, so a killed packed run leaves RUNNING trials.
             _logger.info("Training up to %d trials at once in packs.", pack_size)
             run_packed(
                 study, setup.space, parts[0], seed=setup.seed, metric=metric_obj, budget=setup.budget,
                 pack_size=pack_size, n_trials=n_trials, timeout=timeout, callbacks=callbacks,
             )
-        else:
-            study.optimize(stop_on_storage_error, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=callbacks)
-    stop_on_storage_error.raise_error(url)
+        elif placements:
+            from hpo.trial_loop import run_trials
+
+            stats = run_trials(study, storage_obj, with_start_event(objective), device=torch_device, callbacks=callbacks)
+            if stats.n_failed and not (stats.n_complete or stats.n_pruned):
+                save_learning_curves(study)
+                raise StudyError(f"no trial of this run completed: {stats.n_failed} failed; last reason: {stats.last_reason}")
     save_learning_curves(study)
-    if guard.tripped:
-        raise StudyError(f"stopped after {guard.count} failed trials in a row; last reason: {guard.last_reason}")
-    if guard.n_failed and not guard.n_finished_ok:
-        raise StudyError(f"no trial of this run completed: {guard.n_failed} failed; last reason: {guard.last_reason}")
     return study
 
 
@@ -459,27 +499,3 @@ def _sampler_seed(seed: int, name: str, storage: optuna.storages.BaseStorage) ->
     except KeyError:
         n_existing = 0
     return (seed + n_existing) % 2**32
-
-
-class _FailureGuard:
-    """Stop the study after too many failed trials in a row in this process."""
-
-    def __init__(self, limit: int = MAX_CONSECUTIVE_FAILURES) -> None:
-        self.limit = limit
-        self.count = 0
-        self.n_failed = 0
-        self.n_finished_ok = 0
-        self.last_reason = ""
-        self.tripped = False
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state != optuna.trial.TrialState.FAIL:
-            self.count = 0
-            self.n_finished_ok += 1
-            return
-        self.count += 1
-        self.n_failed += 1
-        self.last_reason = str(trial.user_attrs.get(REASON_ATTR, "unknown reason"))
-        if self.count >= self.limit:
-            self.tripped = True
-            study.stop()

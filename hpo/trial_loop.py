@@ -1,0 +1,351 @@
+"""The loop of one worker: take a queued trial, run it, record its end, and go on.
+
+It replaces ``study.optimize`` so that a worker runs only queued trials (an exact total
+across workers, see ``hpo.run_plan``), keeps a heartbeat for its trial, survives any
+exception inside a trial, and leaves no RUNNING trial behind when it is interrupted.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import socket
+import threading
+import types
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import optuna
+import torch
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from hpo.concurrency import call_with_retries, is_transient
+from hpo.device import free_device_memory
+from hpo.exceptions import StudyError
+from hpo.heartbeat import Heartbeat, StaleTrialFinder, fail_lost_trial, fail_stale_trials
+from hpo.objective import REASON_ATTR
+from hpo.run_plan import COUNTED_ATTR, STOP_ATTR, WORKER_ATTR, RunPlan, load_plan, stop_reason
+
+_logger = logging.getLogger(__name__)
+
+# Consecutive failed trials after which a worker stops the study: something is wrong beyond one trial.
+MAX_CONSECUTIVE_FAILURES = 10
+
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+@dataclass
+class LoopStats:
+    """Trials that one worker ended, by outcome."""
+
+    n_complete: int = 0
+    n_pruned: int = 0
+    n_failed: int = 0
+    n_dropped: int = 0
+    last_reason: str = ""
+
+
+def worker_label() -> str:
+    """Return ``host:pid``, the name of this worker stored on each of its trials."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_trials(
+    study: optuna.Study,
+    backend: RDBStorage,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    device: torch.device | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> LoopStats:
+    """Run queued trials of ``study`` until the queue is empty, the deadline passes or the study stops.
+
+    Args:
+        study: The study, loaded with its sampler and pruner from ``backend``.
+        backend: The study's RDB storage (heartbeats and stale-trial checks use it directly).
+        objective: Returns a trial's value; raises ``optuna.TrialPruned`` to prune it.
+        device: Device whose cached memory is released after each trial.
+        callbacks: Called with the study and each finished trial, as in ``study.optimize``.
+
+    Returns:
+        The trials this worker ended, by outcome.
+
+    Raises:
+        StudyError: When the study has no run plan, or trials failed too often in a row.
+        KeyboardInterrupt: On SIGINT (or SIGTERM inside ``interrupt_handlers``), after
+            the running trial was marked as failed and queued again.
+    """
+    plan = load_plan(study)
+    if plan is None:
+        raise StudyError(f"study {study.study_name!r} has no queued run; start one with 'hpo optimize --study {study.study_name}'.")
+    watch_storage(backend)
+    finder = StaleTrialFinder(backend, study._study_id, plan.grace_period)
+    heartbeat = Heartbeat(study, finder, plan.heartbeat_interval)
+    call_with_retries("fail stale trials", fail_stale_trials, study, finder)
+    heartbeat.start()
+    stats = LoopStats()
+    failures = _FailureRun()
+    label = worker_label()
+    try:
+        while (plan := _current_plan(study)) is not None and _should_continue(study, plan):
+            with _interrupts.deferred():
+                trial_id = _take_trial(study, backend, plan)
+                if trial_id is not None:
+                    heartbeat.beat_for(trial_id)
+                    call_with_retries("set_trial_user_attr", backend.set_trial_user_attr, trial_id, WORKER_ATTR, label)
+            if _interrupts.pending:
+                if trial_id is not None:
+                    heartbeat.beat_for(None)
+                    fail_lost_trial(study, backend, trial_id, f"interrupted by {_interrupts.signal_name}")
+                raise KeyboardInterrupt(_interrupts.signal_name)
+            if trial_id is None:
+                break
+
+            frozen = _run_one(study, backend, objective, trial_id, heartbeat)
+            heartbeat.beat_for(None)
+            if device is not None and device.type != "cpu":
+                if frozen.state == TrialState.FAIL:
+                    # The exception is gone now; collecting frees GPU tensors that its traceback
+                    # held in reference cycles (after an out-of-memory error, say).
+                    gc.collect()
+                free_device_memory(device)
+            _count(stats, frozen)
+            for callback in callbacks:
+                callback(study, frozen)
+
+            failures.add(frozen)
+            if failures.count >= MAX_CONSECUTIVE_FAILURES:
+                message = f"stopped after {failures.count} failed trials in a row; last reason: {failures.last_reason}"
+                call_with_retries("set_study_user_attr", study.set_user_attr, STOP_ATTR, message)
+                raise StudyError(message)
+    finally:
+        heartbeat.stop()
+    return stats
+
+
+@contextmanager
+def interrupt_handlers() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into one ``KeyboardInterrupt`` in the main thread, inside the block.
+
+    A signal that arrives while a worker takes a trial from the queue waits until the
+    trial is registered, so that the trial gets marked and queued again. A signal that
+    arrives during a storage call waits until the call ends. Later signals are ignored
+    while the process stops. Use it in the main thread of a program that runs trials,
+    such as the ``hpo`` command; the previous handlers return when the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+    _interrupts.reset()
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+    signal.signal(signal.SIGINT, _interrupts.handle)
+    signal.signal(signal.SIGTERM, _interrupts.handle)
+    signal.signal(signal.SIGALRM, _interrupts.retry)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def watch_storage(backend: RDBStorage) -> None:
+    """Keep interrupts out of this storage's transactions in the main thread (see ``interrupt_handlers``)."""
+    _interrupts.watch(backend.engine)
+
+
+def _current_plan(study: optuna.Study) -> RunPlan | None:
+    return call_with_retries("get_study_user_attrs", load_plan, study)
+
+
+def _should_continue(study: optuna.Study, plan: RunPlan) -> bool:
+    reason = call_with_retries("get_study_user_attrs", stop_reason, study)
+    if reason:
+        _logger.warning("Study %r was stopped by another worker: %s", study.study_name, reason)
+        return False
+    time_left = plan.time_left()
+    return time_left is None or time_left > 0
+
+
+def _take_trial(study: optuna.Study, backend: RDBStorage, plan: RunPlan) -> int | None:
+    """Move one WAITING trial to RUNNING and return its id; None when the queue is empty.
+
+    Without a total (a run until a deadline), a new trial is created when the queue is empty.
+    """
+    study_id = study._study_id
+    waiting = call_with_retries("get_all_trials", backend.get_all_trials, study_id, deepcopy=False, states=(TrialState.WAITING,))
+    for trial in waiting:
+        try:
+            if call_with_retries("set_trial_state_values", backend.set_trial_state_values, trial._trial_id, TrialState.RUNNING):
+                return trial._trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # cancelled meanwhile
+    if plan.total is not None:
+        return None
+    return call_with_retries("create_new_trial", backend.create_new_trial, study_id)
+
+
+def _run_one(
+    study: optuna.Study,
+    backend: RDBStorage,
+    objective: Callable[[optuna.Trial], float],
+    trial_id: int,
+    heartbeat: Heartbeat,
+) -> FrozenTrial:
+    trial = optuna.trial.Trial(study, trial_id)
+    value: float | None = None
+    state = TrialState.COMPLETE
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except Exception as err:
+        if is_transient(err):
+            # The storage failed, not the trial: run its parameters again rather than count it.
+            heartbeat.beat_for(None)
+            fail_lost_trial(study, backend, trial_id, f"lost: storage error {type(err).__name__}")
+            return call_with_retries("get_trial", backend.get_trial, trial_id)
+        state = TrialState.FAIL
+        _set_reason_if_missing(backend, trial_id, err)
+        _logger.debug("Trial %d raised", trial.number, exc_info=True)
+    except BaseException as err:
+        heartbeat.beat_for(None)
+        name = _interrupts.signal_name or type(err).__name__
+        _logger.warning("Received %s; marking trial %d as interrupted and stopping.", name, trial.number)
+        fail_lost_trial(study, backend, trial_id, f"interrupted by {name}")
+        raise
+
+    return _tell(study, trial, value, state)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState) -> FrozenTrial:
+    try:
+        if state == TrialState.COMPLETE:
+            frozen = call_with_retries("tell", study.tell, trial, value, skip_if_finished=True)
+        else:
+            frozen = call_with_retries("tell", study.tell, trial, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state != state:
+        _logger.warning(
+            "Trial %d was marked %s by another worker while it ran (%s); its result is dropped and its parameters run again.",
+            trial.number, frozen.state.name, frozen.user_attrs.get(REASON_ATTR, "no reason"),
+        )
+    return frozen
+
+
+def _set_reason_if_missing(backend: RDBStorage, trial_id: int, err: Exception) -> None:
+    try:
+        if REASON_ATTR not in backend.get_trial(trial_id).user_attrs:
+            backend.set_trial_user_attr(trial_id, REASON_ATTR, f"{type(err).__name__}: {err}"[:300])
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass
+
+
+def _count(stats: LoopStats, trial: FrozenTrial) -> None:
+    if trial.state == TrialState.COMPLETE:
+        stats.n_complete += 1
+    elif trial.state == TrialState.PRUNED:
+        stats.n_pruned += 1
+    elif trial.user_attrs.get(COUNTED_ATTR, True) is False:
+        stats.n_dropped += 1
+    else:
+        stats.n_failed += 1
+        stats.last_reason = str(trial.user_attrs.get(REASON_ATTR, "unknown reason"))
+
+
+class _FailureRun:
+    """Length of the current run of failed trials of this worker, and the last reason."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_reason = ""
+
+    def add(self, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL or trial.user_attrs.get(COUNTED_ATTR, True) is False:
+            if trial.state != TrialState.FAIL:
+                self.count = 0
+            return
+        self.count += 1
+        self.last_reason = str(trial.user_attrs.get(REASON_ATTR, "unknown reason"))
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM handling: raise ``KeyboardInterrupt`` once, never inside a storage call.
+
+    An exception raised in the middle of a database transaction can leave a pooled
+    connection with SQLite's write lock, which would block every worker. So while the
+    main thread uses a storage connection, the interrupt waits and is retried every
+    50 ms (SIGALRM) until the connection is back in the pool. Inside ``deferred()`` it
+    waits in ``pending`` for the caller to handle.
+    """
+
+    def __init__(self) -> None:
+        self._watched: set[int] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget an earlier interrupt, as at the start of a new command."""
+        self.signal_name: str | None = None
+        self.pending = False
+        self._deferring = False
+        self._n_connections = 0
+        self._n_waits = 0
+
+    def watch(self, engine: Engine) -> None:
+        """Count the connections of ``engine`` that the main thread has checked out."""
+        if id(engine) in self._watched:
+            return
+        self._watched.add(id(engine))
+        event.listen(engine, "checkout", self._on_checkout)
+        event.listen(engine, "checkin", self._on_checkin)
+
+    def handle(self, signum: int, frame: types.FrameType | None) -> None:
+        if self.signal_name is not None:
+            return  # already stopping; later signals are ignored
+        self.signal_name = signal.Signals(signum).name
+        self.pending = True
+        self._raise_when_safe()
+
+    def retry(self, signum: int, frame: types.FrameType | None) -> None:
+        if self.pending:
+            self._raise_when_safe()
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold a signal that arrives inside the block in ``pending`` instead of raising."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def _raise_when_safe(self) -> None:
+        if self._deferring:
+            return
+        # After 2 s of waiting, the count is presumed wrong (a connection lost without
+        # check-in), and the interrupt is raised anyway.
+        if self._n_connections > 0 and self._n_waits < 40:
+            self._n_waits += 1
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
+        self.pending = False
+        raise KeyboardInterrupt(self.signal_name)
+
+    def _on_checkout(self, *args: object) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._n_connections += 1
+
+    def _on_checkin(self, *args: object) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._n_connections = max(0, self._n_connections - 1)
+
+
+_interrupts = _Interrupts()

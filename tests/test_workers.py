@@ -1,0 +1,159 @@
+"""Worker processes on one SQLite study: exact counts, kills, interrupts and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.run_plan import COUNTED_ATTR, RETRY_OF_ATTR
+from workers_helpers import (
+    LONG_SPACE,
+    TINY_SPACE,
+    assert_goal_met,
+    kill_group,
+    load_trials,
+    run_hpo,
+    running_trial_with_worker,
+    start_hpo,
+    wait_for,
+    worker_pid,
+)
+
+_READER = """
+import sys, time, optuna
+storage = optuna.storages.RDBStorage(sys.argv[1])
+reads = 0
+while True:
+    try:
+        study = optuna.load_study(study_name="shared", storage=storage)
+        study.get_trials(deepcopy=False)
+        reads += 1
+    except KeyError:
+        pass
+    time.sleep(0.05)
+    if reads and len(sys.argv) > 2 and reads > int(sys.argv[2]):
+        break
+"""
+
+
+def test_workers_four_on_sqlite_finish_exact_count(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    # A dashboard-like reader polls the file with Optuna's default settings meanwhile.
+    reader = subprocess.Popen([sys.executable, "-c", _READER, storage], stderr=subprocess.PIPE, text=True)
+    try:
+        result = run_hpo("optimize", "--study", "shared", "--storage", storage, "--n-trials", "20", "--workers", "4", "--device", "cpu", *TINY_SPACE, cwd=tmp_path)
+    finally:
+        reader_alive = reader.poll() is None
+        reader.kill()
+        reader_errors = reader.communicate()[1]
+
+    assert result.returncode == 0, result.stderr
+    trials = load_trials("shared", storage)
+    assert_goal_met(trials, 20)
+    assert len(trials) == 20
+    assert len({trial.user_attrs["worker"] for trial in trials}) >= 2
+    assert "database is locked" not in result.stderr
+    assert reader_alive, reader_errors
+    assert "20 trials" in result.stdout
+
+
+def test_worker_command_joins_queued_study(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    queued = run_hpo("optimize", "--study", "shared", "--storage", storage, "--n-trials", "4", "--workers", "0", "--device", "cpu", *TINY_SPACE, cwd=tmp_path)
+    waiting = [t for t in load_trials("shared", storage) if t.state == TrialState.WAITING]
+
+    joined = run_hpo("worker", "--study", "shared", "--storage", storage, "--device", "cpu", cwd=tmp_path)
+
+    assert queued.returncode == 0, queued.stderr
+    assert len(waiting) == 4
+    assert joined.returncode == 0, joined.stderr
+    assert_goal_met(load_trials("shared", storage), 4)
+    assert "4 complete" in joined.stdout or "pruned" in joined.stdout
+
+
+def test_workers_sigkill_of_one_worker_retries_its_trial(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    process = start_hpo("optimize", "--study", "shared", "--storage", storage, "--n-trials", "4", "--workers", "2", "--device", "cpu", *LONG_SPACE, cwd=tmp_path)
+    try:
+        victim = wait_for(lambda: running_trial_with_worker("shared", storage), 120, "a running trial")
+        time.sleep(0.5)
+        os.kill(worker_pid(victim), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        kill_group(process)
+
+    assert process.returncode == 0, stderr
+    trials = load_trials("shared", storage)
+    assert_goal_met(trials, 4)
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert killed.user_attrs[COUNTED_ATTR] is False
+    assert "SIGKILL" in killed.user_attrs["reason"]
+    retries = [t for t in trials if t.user_attrs.get(RETRY_OF_ATTR) == victim.number]
+    assert len(retries) == 1
+    assert retries[0].params == killed.params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def test_worker_killed_alone_failed_by_peer(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    queued = run_hpo(
+        "optimize", "--study", "shared", "--storage", storage, "--n-trials", "2", "--workers", "0", "--device", "cpu",
+        "--heartbeat-interval", "1", "--grace-period", "3", *LONG_SPACE, "--max-epochs", "40", cwd=tmp_path,
+    )
+    assert queued.returncode == 0, queued.stderr
+    doomed = start_hpo("worker", "--study", "shared", "--storage", storage, "--device", "cpu", cwd=tmp_path)
+    try:
+        victim = wait_for(lambda: running_trial_with_worker("shared", storage), 120, "a running trial")
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait()
+        survivor = run_hpo("worker", "--study", "shared", "--storage", storage, "--device", "cpu", cwd=tmp_path, timeout=400)
+    finally:
+        kill_group(doomed)
+
+    assert survivor.returncode == 0, survivor.stderr
+    trials = load_trials("shared", storage)
+    assert_goal_met(trials, 2)
+    assert trials[victim.number].state == TrialState.FAIL
+    assert "no heartbeat" in trials[victim.number].user_attrs["reason"]
+    assert any(t.user_attrs.get(RETRY_OF_ATTR) == victim.number for t in trials)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_workers_interrupt_then_rerun_finishes(tmp_path: Path, signum: int) -> None:
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    args = ("optimize", "--study", "shared", "--storage", storage, "--n-trials", "6", "--workers", "2", "--device", "cpu", *LONG_SPACE)
+    process = start_hpo(*args, cwd=tmp_path)
+    try:
+        wait_for(lambda: running_trial_with_worker("shared", storage), 120, "a running trial")
+        time.sleep(0.5)
+        started = time.monotonic()
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+        else:
+            process.send_signal(signal.SIGTERM)  # a service manager signals the main process only
+        _, stderr = process.communicate(timeout=60)
+        stop_seconds = time.monotonic() - started
+    finally:
+        kill_group(process)
+
+    interrupted = load_trials("shared", storage)
+    assert process.returncode == 130
+    assert stop_seconds < 20
+    assert not [t for t in interrupted if t.state == TrialState.RUNNING]
+    reasons = [str(t.user_attrs.get("reason", "")) for t in interrupted]
+    assert any("interrupted by" in reason for reason in reasons), (reasons, stderr)
+
+    if signum == signal.SIGINT:
+        rerun = run_hpo(*args, cwd=tmp_path, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        assert "Continuing the interrupted run" in rerun.stderr, (reasons, stderr, rerun.stderr)
+        assert_goal_met(load_trials("shared", storage), 6)
