@@ -35,7 +35,9 @@ from hpo.objective import (
 )
 from hpo.pack import Pack, PackEpoch, PackKey, PackMember, pack_key
 from hpo.reporting import TrialReporter, batched_params
+from hpo.run_plan import WORKER_ATTR
 from hpo.space import SearchSpace, suggest_config
+from hpo.trial_loop import worker_label
 
 _logger = logging.getLogger(__name__)
 
@@ -161,6 +163,7 @@ class _PackRunner:
     def start_trial(self) -> None:
         trial = self.study.ask()
         self.n_started += 1
+        self.reporter.set_user_attr(trial, WORKER_ATTR, worker_label())
         try:
             with batched_params(trial):
                 config = suggest_config(trial, self.space, task=self.data.task)

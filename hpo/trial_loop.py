@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from hpo.device import free_device_memory
 from hpo.exceptions import StudyError
 from hpo.heartbeat import Heartbeat, StaleTrialFinder, fail_lost_trial, fail_stale_trials
 from hpo.objective import REASON_ATTR
-from hpo.run_plan import COUNTED_ATTR, STOP_ATTR, WORKER_ATTR, RunPlan, load_plan, stop_reason
+from hpo.run_plan import COUNTED_ATTR, STOP_ATTR, WORKER_ATTR, RunPlan, count_finished, load_plan, stop_reason
 
 _logger = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ def run_trials(
                     fail_lost_trial(study, backend, trial_id, f"interrupted by {_interrupts.signal_name}")
                 raise KeyboardInterrupt(_interrupts.signal_name)
             if trial_id is None:
+                if _should_wait_for_others(study, backend, plan):
+                    time.sleep(min(plan.heartbeat_interval, 1.0))
+                    continue
                 break
 
             frozen = _run_one(study, backend, objective, trial_id, heartbeat)
@@ -172,6 +176,16 @@ def _should_continue(study: optuna.Study, plan: RunPlan) -> bool:
         return False
     time_left = plan.time_left()
     return time_left is None or time_left > 0
+
+
+def _should_wait_for_others(study: optuna.Study, backend: RDBStorage, plan: RunPlan) -> bool:
+    """Whether to wait while the queue is empty: other workers' trials may still be lost and queued again."""
+    if plan.total is None:
+        return False
+    trials = call_with_retries("get_all_trials", backend.get_all_trials, study._study_id, deepcopy=False)
+    if count_finished(trials) >= plan.total:
+        return False
+    return any(trial.state == TrialState.RUNNING for trial in trials)
 
 
 def _take_trial(study: optuna.Study, backend: RDBStorage, plan: RunPlan) -> int | None:
