@@ -134,7 +134,7 @@ def test_worker_killed_alone_failed_by_peer(tmp_path: Path) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_workers_interrupt_then_rerun_finishes(tmp_path: Path, signum: int) -> None:
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    args = ("optimize", "--study", "shared", "--storage", storage, "--n-trials", "6", "--workers", "2", "--device", "cpu", *LONG_SPACE)
+    args = ("optimize", "--study", "shared", "--storage", storage, "--n-trials", "10", "--workers", "2", "--device", "cpu", *LONG_SPACE)
     process = start_hpo(*args, cwd=tmp_path)
     try:
         wait_for(lambda: running_trial_with_worker("shared", storage), 120, "a running trial")
@@ -160,4 +160,4 @@ def test_workers_interrupt_then_rerun_finishes(tmp_path: Path, signum: int) -> N
         rerun = run_hpo(*args, cwd=tmp_path, timeout=300)
         assert rerun.returncode == 0, rerun.stderr
         assert "Continuing the interrupted run" in rerun.stderr, (reasons, stderr, rerun.stderr)
-        assert_goal_met(load_trials("shared", storage), 6)
+        assert_goal_met(load_trials("shared", storage), 10)
