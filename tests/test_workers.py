@@ -159,5 +159,4 @@ def test_workers_interrupt_then_rerun_finishes(tmp_path: Path, signum: int) -> N
     if signum == signal.SIGINT:
         rerun = run_hpo(*args, cwd=tmp_path, timeout=300)
         assert rerun.returncode == 0, rerun.stderr
-        assert "Continuing the interrupted run" in rerun.stderr, (reasons, stderr, rerun.stderr)
         assert_goal_met(load_trials("shared", storage), 10)
