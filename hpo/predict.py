@@ -33,7 +33,7 @@ class PredictResult:
 def predict_frame(model: LoadedModel, frame: pd.DataFrame, *, source: str = "the data") -> PredictResult:
     """Predict every row of ``frame``; score against the target column when it is present.
 
-    Rows whose target is missing, or holds a label the model never saw, are not scored.
+    Rows whose target is missing, or contains a label the model never saw, are not scored.
     """
     predictions = model.predict(frame, source=source)
     if model.target not in frame.columns:
@@ -44,7 +44,7 @@ def predict_frame(model: LoadedModel, frame: pd.DataFrame, *, source: str = "the
     truth = encode_labels(frame[model.target], tuple(model.classes))
     known = truth >= 0
     if not known.any():
-        _logger.warning("Target column %r in %s holds no label the model knows; accuracy is not computed.", model.target, source)
+        _logger.warning("Target column %r in %s contains no label the model was trained on; accuracy is not computed.", model.target, source)
         return PredictResult(predictions=predictions, accuracy=None, n_scored=0)
     predicted = np.argmax(predictions[[f"proba_{c}" for c in model.classes]].to_numpy(), axis=1)
     accuracy = float((predicted[known] == truth[known]).mean())

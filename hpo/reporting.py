@@ -181,7 +181,7 @@ class DirectReporter:
 
 
 class _StudySnapshot:
-    """The study as a pruner sees it, with its trial list read once instead of once per decision."""
+    """Study view for pruning decisions, with its trial list read once instead of once per decision."""
 
     def __init__(self, study: optuna.Study) -> None:
         self._study = study

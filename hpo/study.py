@@ -447,7 +447,7 @@ def _resumed_setup(
 
 
 def _existing_study(name: str, url: str) -> optuna.Study | None:
-    """Load the study ``name`` if the storage holds it, without creating anything."""
+    """Load the study ``name`` if the storage contains it, without creating anything."""
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return None
