@@ -88,6 +88,10 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help=_STORAGE_HELP)
     p.add_argument("--new-study", action="store_true", help="start a new study <study>-2 (or the next free suffix) when --study exists, running the old study's 5 best trials first")
     p.add_argument("--n-trials", type=int, help="trials to add in this run (default: 20)")
+    p.add_argument(
+        "--no-starting-point", dest="starting_point", action="store_const", const=False,
+        help="leave the first trial of a new study to the sampler too (default: run hpo's starting configuration first: 2 layers of 64, Adam, lr 3e-3, batch 256)",
+    )
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts (default: no limit)")
     p.add_argument("--seed", type=int, help="seed of the sampler, the split and each trial (default: 0)")
     p.add_argument("--pruner", choices=("median", "successive-halving", "hyperband", "wilcoxon", "none"), help="pruner (default: median, or wilcoxon with --cv; wilcoxon needs --cv)")

@@ -34,6 +34,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "workers_per_gpu": (int,),
     "heartbeat_interval": (int, float),
     "grace_period": (int, float),
+    "starting_point": (bool,),
 }
 _TABLES = ("optimize", "space")
 
@@ -66,7 +67,8 @@ def read_config(path: str | Path | None) -> tuple[dict[str, Any], dict[str, Any]
         expected = OPTION_TYPES.get(key)
         if expected is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, expected):
+        # bool is an int in Python, so a bool passes only where bool itself is expected.
+        if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
             names = " or ".join("list of strings" if t is list else t.__name__ for t in expected)
             errors.append(f"[optimize] {key} must be a {names}; got {value!r}")
         elif isinstance(value, list) and not all(isinstance(v, str) for v in value):

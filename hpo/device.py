@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -158,6 +159,23 @@ def set_torch_threads(n_threads: int | None = None) -> int:
             raise InputError(f"threads must be >= 1; got {n_threads}.")
         torch.set_num_threads(n_threads)
     return torch.get_num_threads()
+
+
+@contextmanager
+def training_threads(device: torch.device) -> Iterator[int]:
+    """Limit torch's threads while this process trains on ``device``, and restore them after.
+
+    On CPU the count is ``$HPO_TORCH_THREADS``, else 1: a second thread gains little on
+    networks of this size, while on a busy 2-core machine a 2-thread process trained at a
+    fifth to a twentieth of a 1-thread one (docs/benchmark.md). Other devices keep torch's count.
+    """
+    previous = torch.get_num_threads()
+    if device.type == "cpu":
+        set_torch_threads(int(os.environ.get(THREADS_ENV, "").strip() or 1))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def free_device_memory(device: torch.device) -> None:

@@ -19,7 +19,7 @@ from hpo.baseline import record_baseline, warn_if_skewed
 from hpo.budget import Budget
 from hpo.cv import MAX_FOLDS, CrossValidationObjective, fold_data
 from hpo.data import BUILTIN_DATASETS, DEFAULT_DATASET, SplitIndices, SplitSpec, Table
-from hpo.device import plan_placements, resolve_device
+from hpo.device import plan_placements, resolve_device, training_threads
 from hpo.engine import DeviceData
 from hpo.events import log_trial_end, with_start_event
 from hpo.exceptions import InputError, StudyError
@@ -31,6 +31,7 @@ from hpo.progress import StudyProgress
 from hpo.prepare import DataSettings, load_and_split, prepare
 from hpo.run_plan import DEFAULT_GRACE_PERIOD_S, DEFAULT_HEARTBEAT_INTERVAL_S, start_run
 from hpo.space import SearchSpace
+from hpo.starting_point import enqueue_starting_point
 from hpo.storage import (
     SETTINGS_ATTR,
     mask_password,
@@ -128,6 +129,7 @@ def optimize(
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_S,
     grace_period: float = DEFAULT_GRACE_PERIOD_S,
     worker_args: Sequence[str] = (),
+    starting_point: bool = True,
 ) -> optuna.Study:
     """Run ``n_trials`` trials on a new or existing study and return the study.
 
@@ -188,6 +190,8 @@ def optimize(
         grace_period: Seconds without a heartbeat after which a trial counts as lost (its
             worker died); it is then failed and its parameters run again once.
         worker_args: Extra ``hpo`` options for worker processes, such as ``--quiet``.
+        starting_point: On a study without trials, run hpo's starting configuration
+            (``hpo.starting_point``) first; False leaves every trial to the sampler.
 
     Returns:
         The study, with the new trials.
@@ -262,7 +266,9 @@ def optimize(
     if setup.data.task is None:
         setup = replace(setup, data=replace(setup.data, task=table.task))
     if stored is None or data is not None or (new_study and metric is not None):
-        setup = replace(setup, metric=get_metric(metric, table.task).name)
+        metric_name = get_metric(metric, table.task).name
+        class_weight_given = isinstance(space, SearchSpace) or (isinstance(space, dict) and "class_weight" in space)
+        setup = replace(setup, metric=metric_name, space=setup.space.for_metric(metric_name, class_weight_given=class_weight_given))
     settings = setup.to_dict()
     fingerprint = compute_fingerprint(table, setup.data.split, split_indices, settings["space"], settings)
     warm_start_from = None
@@ -299,6 +305,8 @@ def optimize(
             study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
         if warm_start_from is not None:
             enqueue_best_trials(warm_start_from, study, setup.space)
+        elif starting_point and not study.get_trials(deepcopy=False):
+            enqueue_starting_point(study, setup.space, metric=setup.metric)
         warn_if_skewed(parts[0], metric_obj)
         record_baseline(study, parts, metric_obj)
 
@@ -307,7 +315,8 @@ def optimize(
     if progress is not None:
         callbacks.append(progress)
     pack_size = choose_pack_size(len(parts[0].y_train), torch_device, n_trials=n_trials) if pack == "auto" else int(pack)
-    with progress or nullcontext(), translated_storage_errors(url):
+    threads = training_threads(torch_device) if len(placements) == 1 else nullcontext()
+    with progress or nullcontext(), translated_storage_errors(url), threads:
         start_run(study, n_trials, timeout=timeout, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         if len(placements) > 1:
             from hpo.workers import run_workers

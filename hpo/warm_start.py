@@ -51,7 +51,7 @@ def enqueue_best_trials(old: optuna.Study, new: optuna.Study, space: SearchSpace
     candidates.sort(key=lambda t: (-t.value if maximize else t.value, t.number))  # type: ignore[operator]
 
     for trial in candidates[:n_trials]:
-        params = {name: value for name, value in trial.params.items() if name in distributions and _contains(distributions[name], value)}
+        params = {name: value for name, value in trial.params.items() if name in distributions and contains(distributions[name], value)}
         new.enqueue_trial(params, user_attrs={WARM_START_ATTR: f"{old.study_name}#{trial.number}"})
     count = min(len(candidates), n_trials)
     _logger.info("Enqueued the %d best trials of study %r on study %r.", count, old.study_name, new.study_name)
@@ -67,7 +67,8 @@ def space_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
     return dict(trial.distributions)
 
 
-def _contains(distribution: BaseDistribution, value: Any) -> bool:
+def contains(distribution: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is a value that ``distribution`` can suggest."""
     if isinstance(distribution, CategoricalDistribution):
         return value in distribution.choices
     if isinstance(distribution, (IntDistribution, FloatDistribution)):

@@ -18,10 +18,25 @@ def test_search_space_defaults_match_documented_ranges() -> None:
     assert space.n_layers == [1, 3]
     assert space.n_units == [8, 128]
     assert space.batch_size == [128, 256, 512, 1024]
-    assert space.lr == [1e-5, 1e-1]
+    assert space.lr == [1e-4, 3e-2]
     assert space.dropout == [0.0, 0.5]
     assert set(space.activation) == {"relu", "tanh", "gelu", "silu", "leaky_relu"}
-    assert set(space.optimizer) == {"adam", "adamw", "sgd"}
+    assert set(space.optimizer) == {"adam", "adamw"}
+    assert set(space.class_weight) == {"none", "balanced"}
+
+
+@pytest.mark.parametrize(
+    ("metric", "given", "expected"),
+    [
+        ("accuracy", False, "none"),
+        ("log_loss", False, "none"),
+        ("balanced_accuracy", False, ["none", "balanced"]),
+        ("f1_macro", False, ["none", "balanced"]),
+        ("accuracy", True, ["none", "balanced"]),
+    ],
+)
+def test_class_weight_is_searched_only_for_metrics_that_weigh_classes(metric: str, given: bool, expected: object) -> None:
+    assert SearchSpace().for_metric(metric, class_weight_given=given).class_weight == expected
 
 
 @pytest.mark.parametrize(

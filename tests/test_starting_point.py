@@ -1,0 +1,83 @@
+"""hpo's starting configuration as the first trial of a new study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import hpo
+from hpo.cli import main
+from hpo.device import THREADS_ENV, training_threads
+from hpo.starting_point import STARTING_POINT_ATTR
+from hpo.storage import load_study, resolve_storage_url
+
+SHORT = {"max_epochs": 2}
+
+
+def test_starting_point_runs_first() -> None:
+    study = hpo.optimize(n_trials=3, space=SHORT, device="cpu")
+
+    first = study.trials[0]
+    assert first.user_attrs[STARTING_POINT_ATTR] is True
+    assert first.params["n_layers"] == 2
+    assert (first.params["n_units_l0"], first.params["n_units_l1"]) == (64, 64)
+    assert first.params["optimizer"] == "adam"
+    assert first.params["lr"] == 3e-3
+    assert first.params["batch_size"] == 256
+    assert first.user_attrs["config"]["class_weight"] == "none"
+    assert len(study.trials) == 3
+    assert not any(STARTING_POINT_ATTR in t.user_attrs for t in study.trials[1:])
+
+
+def test_starting_point_clipped_to_space() -> None:
+    study = hpo.optimize(n_trials=1, space={**SHORT, "n_units": [8, 32], "lr": [0.01, 0.1]}, device="cpu")
+
+    first = study.trials[0]
+    assert first.user_attrs[STARTING_POINT_ATTR] is True
+    assert first.params["batch_size"] == 256
+    assert 8 <= first.params["n_units_l0"] <= 32
+    assert 0.01 <= first.params["lr"] <= 0.1
+
+
+def test_starting_point_balanced_metric() -> None:
+    study = hpo.optimize(n_trials=1, space=SHORT, metric="balanced_accuracy", device="cpu")
+
+    assert study.trials[0].params["class_weight"] == "balanced"
+
+
+def test_starting_point_not_on_resume() -> None:
+    hpo.optimize(n_trials=1, space=SHORT, device="cpu")
+    study = hpo.optimize(n_trials=2, device="cpu")
+
+    assert [STARTING_POINT_ATTR in t.user_attrs for t in study.trials] == [True, False, False]
+
+
+def test_starting_point_turned_off(tmp_path: Path, capsys) -> None:
+    assert main(["optimize", "--study", "flag", "--n-trials", "1", "--max-epochs", "1", "--device", "cpu", "--no-starting-point"]) == 0
+    config = tmp_path / "hpo.toml"
+    config.write_text("[optimize]\nstarting_point = false\nn_trials = 1\n\n[space]\nmax_epochs = 1\n")
+    assert main(["optimize", "--study", "config", "--config", str(config), "--device", "cpu"]) == 0
+
+    for name in ("flag", "config"):
+        study = load_study(name, resolve_storage_url(None, name))
+        assert len(study.trials) == 1
+        assert STARTING_POINT_ATTR not in study.trials[0].user_attrs
+
+
+def test_training_threads_default_and_restore(monkeypatch) -> None:
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    with training_threads(torch.device("cpu")) as inside:
+        assert (inside, torch.get_num_threads()) == (1, 1)
+    monkeypatch.setenv(THREADS_ENV, "3")
+    with training_threads(torch.device("cpu")) as inside:
+        assert inside == 3
+
+    hpo.optimize(n_trials=1, space=SHORT, device="cpu")
+
+    try:
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
