@@ -5,7 +5,8 @@ Contenders, in order:
   b. a tutorial-style full-batch loop of 200 epochs inside an Optuna objective;
   c. scikit-learn's MLPClassifier under RandomizedSearchCV, n_jobs set to the cores;
   d. hpo with its defaults;
-  e. hpo with packed trials (--pack auto).
+  e. hpo with packed trials (--pack auto);
+  f. hpo with one worker process per core (--workers N).
 Every contender trains on the same training rows and scores the same validation rows (hpo's
 own 60/20/20 split and preprocessing). The script prints a Markdown table of trials per
 minute, network-epochs per second, best validation accuracy and log-loss, the wall time
@@ -42,6 +43,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import hpo
 import hpo.reporting
+from hpo.device import training_threads
 from hpo.engine import DeviceData, evaluate, train
 from hpo.model import build_mlp
 from hpo.objective import architecture
@@ -94,11 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         ("a. Optuna example (DataLoader, batch 128, SQLite)", lambda: _optuna_example(arrays, args, workdir)),
         ("b. full-batch loop, 200 epochs", lambda: _full_batch(arrays, args, workdir)),
         ("c. scikit-learn MLPClassifier, RandomizedSearchCV", lambda: _sklearn_search(arrays, args)),
-        ("d. hpo, defaults", lambda: _hpo(csv, arrays, args, workdir, pack=1)),
+        ("d. hpo, defaults", lambda: _hpo(csv, arrays, args, workdir)),
         ("e. hpo, --pack auto", lambda: _hpo(csv, arrays, args, workdir, pack="auto")),
+        (f"f. hpo, --workers {os.cpu_count()}", lambda: _hpo(csv, arrays, args, workdir, workers=os.cpu_count())),
     ]
+    chosen = [(name, run) for name, run in contenders if name[0] in args.contenders]
     outcomes = []
-    for name, run in contenders:
+    load_before = os.getloadavg()[0]
+    for name, run in chosen:
         print(f"running {name} ...", file=sys.stderr)
         outcome = run()
         outcome.name = name
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {outcome.seconds:.1f} s", file=sys.stderr)
 
     print(_machine())
+    print(f"Load average (1 min) before the first contender: {load_before:.1f}; after the last: {os.getloadavg()[0]:.1f}.")
     print()
     print(_table(outcomes, args.mark))
     print()
@@ -123,6 +129,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hpo-max-epochs", type=int, help="max_epochs of (d) and (e) (default: hpo's default)")
     parser.add_argument("--mark", type=float, default=0.913, help="validation accuracy whose first reach is timed (default: 0.913)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every sampler and of --rows (default: 0)")
+    parser.add_argument("--contenders", default="abcdef", help="letters of the contenders to run; ratios are to the first one run (default: abcdef)")
     parser.add_argument("--rows", type=int, help="use a seeded random sample of this many rows of the table (default: all rows)")
     return parser.parse_args(argv)
 
@@ -239,7 +246,7 @@ def _from_trials(
     started: float,
     seconds: float,
     mark: float,
-    storage_seconds: float,
+    storage_seconds: float | None,
     epochs_of: Callable[[optuna.trial.FrozenTrial], int],
     log_loss_of: Callable[[optuna.trial.FrozenTrial], float],
 ) -> Outcome:
@@ -254,7 +261,7 @@ def _from_trials(
         best_accuracy=float(best.value or 0.0),
         best_log_loss=log_loss_of(best),
         seconds_to_mark=min(reached) if reached else None,
-        storage_share=storage_seconds / seconds,
+        storage_share=None if storage_seconds is None else storage_seconds / seconds,
     )
 
 
@@ -308,18 +315,20 @@ def _n_epochs(estimator: Any, x: Any, y: Any) -> float:
     return float(estimator.n_iter_)
 
 
-def _hpo(csv: Path, arrays: Arrays, args: argparse.Namespace, workdir: Path, *, pack: int | str) -> Outcome:
+def _hpo(csv: Path, arrays: Arrays, args: argparse.Namespace, workdir: Path, *, pack: int | str = 1, workers: int | None = None) -> Outcome:
     space = {} if args.hpo_max_epochs is None else {"max_epochs": args.hpo_max_epochs}
-    name = f"hpo_pack_{pack}"
+    name = f"hpo_pack_{pack}_workers_{workers}"
     with _StorageTimer() as timer:
         started = time.time()
         study = hpo.optimize(
             str(csv), args.target, study_name=name, storage=f"sqlite:///{workdir / name}.db",
-            n_trials=args.n_trials, seed=args.seed, device="cpu", space=space or None, pack=pack,
+            n_trials=args.n_trials, seed=args.seed, device="cpu", space=space or None, pack=pack, workers=workers,
         )
         seconds = time.time() - started
     log_loss = _retrained_log_loss(study.best_trial, arrays)
-    return _from_trials(study.trials, started, seconds, args.mark, timer.seconds, lambda t: int(t.user_attrs.get("epochs_run", 0)), lambda t: log_loss)
+    # Worker processes write to the storage outside this process's timer, so no share is known.
+    storage_seconds = timer.seconds if workers is None else None
+    return _from_trials(study.trials, started, seconds, args.mark, storage_seconds, lambda t: int(t.user_attrs.get("epochs_run", 0)), lambda t: log_loss)
 
 
 def _retrained_log_loss(trial: optuna.trial.FrozenTrial, arrays: Arrays) -> float:
@@ -378,7 +387,15 @@ class _StorageTimer:
 
 
 def _floor_table(arrays: Arrays, args: argparse.Namespace) -> str:
-    """Compare hpo's epoch time for a 64-32 network with the epoch's arithmetic floor."""
+    """Compare hpo's epoch time for a 64-32 network with the epoch's arithmetic floor.
+
+    Both are measured with the torch threads that hpo trains with on a CPU.
+    """
+    with training_threads(torch.device("cpu")):
+        return _floor_lines(arrays)
+
+
+def _floor_lines(arrays: Arrays) -> str:
     n_rows, n_inputs = arrays.x_train.shape
     hidden = (64, 32)
     widths = [n_inputs, *hidden, arrays.n_classes]
@@ -426,7 +443,7 @@ def _matmul_flops_per_second() -> float:
 
 
 def _table(outcomes: list[Outcome], mark: float) -> str:
-    reference = outcomes[0]
+    reference = outcomes[0]  # (a) unless --contenders left it out
     lines = [
         f"| contender | wall s | trials/min | network-epochs/s | best val accuracy | its val log-loss | s to {mark} | speed vs (a) | storage share |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

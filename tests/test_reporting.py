@@ -74,6 +74,24 @@ def test_reporter_should_prune_matches_trial_should_prune(tmp_path: Path) -> Non
     assert decisions[0.95] == (False, False)
 
 
+def test_reporter_told_trial_counts_in_next_decision(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    reporter = TrialReporter(study, flush_seconds=3600)
+    first = study.ask()
+    reporter.report(first, 0.9, 0)
+    assert not reporter.should_prune(first)  # takes the snapshot, which stays fresh for an hour
+    reporter.tell(first, 0.9)
+    second = study.ask()
+    reporter.report(second, 0.8, 0)
+    assert not reporter.should_prune(second)  # one finished trial: below the pruner's 2 start-up trials
+    reporter.tell(second, 0.8)
+
+    third = study.ask()
+    reporter.report(third, 0.1, 0)
+
+    assert reporter.should_prune(third)
+
+
 def test_reporter_journal_storage_writes_values(tmp_path: Path) -> None:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
