@@ -12,12 +12,14 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 import torch
@@ -93,6 +95,10 @@ def run_trials(
     stats = LoopStats()
     failures = _FailureRun()
     label = worker_label()
+    # The id of the trial this worker has set to RUNNING, from the moment it is taken until
+    # it has ended. Whatever stops the loop in between (an interrupt at any line, a storage
+    # error), the handler below marks that trial failed and queues its retry.
+    trial_id: int | None = None
     try:
         while (plan := _current_plan(study)) is not None and _should_continue(study, plan):
             with _interrupts.deferred():
@@ -101,9 +107,6 @@ def run_trials(
                     heartbeat.beat_for(trial_id)
                     call_with_retries("set_trial_user_attr", backend.set_trial_user_attr, trial_id, WORKER_ATTR, label)
             if _interrupts.pending:
-                if trial_id is not None:
-                    heartbeat.beat_for(None)
-                    fail_lost_trial(study, backend, trial_id, f"interrupted by {_interrupts.signal_name}")
                 raise KeyboardInterrupt(_interrupts.signal_name)
             if trial_id is None:
                 if _should_wait_for_others(study, backend, plan):
@@ -112,6 +115,7 @@ def run_trials(
                 break
 
             frozen = _run_one(study, backend, objective, trial_id, heartbeat)
+            trial_id = None
             heartbeat.beat_for(None)
             if device is not None and device.type != "cpu":
                 if frozen.state == TrialState.FAIL:
@@ -128,6 +132,11 @@ def run_trials(
                 message = f"stopped after {failures.count} failed trials in a row; last reason: {failures.last_reason}"
                 call_with_retries("set_study_user_attr", study.set_user_attr, STOP_ATTR, message)
                 raise StudyError(message)
+    except BaseException as err:
+        if trial_id is not None:
+            heartbeat.beat_for(None)
+            _release_trial(study, backend, trial_id, err)
+        raise
     finally:
         heartbeat.stop()
     return stats
@@ -149,15 +158,18 @@ def interrupt_handlers() -> Iterator[None]:
     _interrupts.reset()
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
     previous = {signum: signal.getsignal(signum) for signum in signals}
+    previous_unraisable_hook = sys.unraisablehook
     signal.signal(signal.SIGINT, _interrupts.handle)
     signal.signal(signal.SIGTERM, _interrupts.handle)
     signal.signal(signal.SIGALRM, _interrupts.retry)
+    sys.unraisablehook = _interrupts.unraisable_hook(previous_unraisable_hook)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = previous_unraisable_hook
 
 
 def watch_storage(backend: RDBStorage) -> None:
@@ -213,6 +225,7 @@ def _run_one(
     trial_id: int,
     heartbeat: Heartbeat,
 ) -> FrozenTrial:
+    # Creating the trial already runs the sampler, so an interrupt may arrive here: run_trials handles it.
     trial = optuna.trial.Trial(study, trial_id)
     value: float | None = None
     state = TrialState.COMPLETE
@@ -229,14 +242,25 @@ def _run_one(
         state = TrialState.FAIL
         _set_reason_if_missing(backend, trial_id, err)
         _logger.debug("Trial %d raised", trial.number, exc_info=True)
-    except BaseException as err:
-        heartbeat.beat_for(None)
-        name = _interrupts.signal_name or type(err).__name__
-        _logger.warning("Received %s; marking trial %d as interrupted and stopping.", name, trial.number)
-        fail_lost_trial(study, backend, trial_id, f"interrupted by {name}")
-        raise
 
     return _tell(study, trial, value, state)
+
+
+def _release_trial(study: optuna.Study, backend: RDBStorage, trial_id: int, err: BaseException) -> None:
+    """Mark the RUNNING trial of a worker that stops because of ``err`` as failed and queue its retry."""
+    if isinstance(err, KeyboardInterrupt):
+        name = _interrupts.signal_name or type(err).__name__
+        _logger.warning("Received %s; marking the running trial as interrupted and stopping.", name)
+        reason = f"interrupted by {name}"
+    else:
+        reason = f"lost: its worker stopped on {type(err).__name__}"
+    try:
+        fail_lost_trial(study, backend, trial_id, reason)
+    except Exception as release_err:  # err is raised on, and the stale-trial check of other workers fails the trial later
+        _logger.error(
+            "Could not mark trial id %d as failed (%s: %s); another worker will once its heartbeat is older than the grace period.",
+            trial_id, type(release_err).__name__, release_err,
+        )
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState) -> FrozenTrial:
@@ -331,6 +355,28 @@ class _Interrupts:
     def retry(self, signum: int, frame: types.FrameType | None) -> None:
         if self.pending:
             self._raise_when_safe()
+
+    def unraisable_hook(self, previous: Callable[[Any], object]) -> Callable[[Any], object]:
+        """Return a ``sys.unraisablehook`` that raises a swallowed interrupt again.
+
+        Python runs a signal handler between any two bytecodes, also inside a weakref
+        callback, a ``__del__`` method or a garbage collector callback. An exception raised
+        there cannot propagate: Python passes it to ``sys.unraisablehook`` and goes on. SQLAlchemy
+        and torch run such callbacks all the time, so under load an interrupt landed there
+        now and then, and the worker ran on, ignoring later signals, until it was killed.
+        The hook puts such an interrupt back in ``pending`` and raises it again 10 ms later.
+        Other unraisable exceptions go to ``previous``.
+        """
+
+        def hook(unraisable: Any) -> object:
+            if not isinstance(unraisable.exc_value, KeyboardInterrupt) or self.signal_name is None:
+                return previous(unraisable)
+            _logger.debug("The %s interrupt was raised inside %r, which ignores exceptions; raising it again.", self.signal_name, unraisable.object)
+            self.pending = True
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            return None
+
+        return hook
 
     @contextmanager
     def deferred(self) -> Iterator[None]:

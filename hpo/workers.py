@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from hpo.device import WorkerPlacement, resolve_device, set_torch_threads
 from hpo.exceptions import StudyError
 from hpo.heartbeat import StaleTrialFinder, fail_lost_trial, fail_stale_trials
+from hpo.parent_watch import PARENT_PID_ENV, ParentWatch
 from hpo.prepare import load_and_split
 from hpo.run_plan import WORKER_ATTR, count_finished, load_plan, stop_reason
 from hpo.storage import STORAGE_ENV, load_study, mask_password, open_storage, resolve_storage_url, study_settings
@@ -56,7 +57,8 @@ def run_worker(study_name: str, storage: str | None = None, *, device: str = "au
     """Join an existing study as one worker and run its queued trials.
 
     The study stores its data, search space and settings, so nothing else is needed; the
-    data file must be readable at the stored path on this machine.
+    data file must be readable at the stored path on this machine. A worker started by
+    ``run_workers`` (``$HPO_PARENT_PID`` set) stops as on SIGTERM once that process is gone.
 
     Args:
         study_name: The study to join.
@@ -72,6 +74,17 @@ def run_worker(study_name: str, storage: str | None = None, *, device: str = "au
         StudyError: When the study is missing, has no queued run, or trials keep failing.
         StorageError: When the storage cannot be opened.
     """
+    parent_watch = ParentWatch.from_env()
+    if parent_watch is not None:
+        parent_watch.start()
+    try:
+        return _join_and_run(study_name, storage, device=device, n_threads=n_threads)
+    finally:
+        if parent_watch is not None:
+            parent_watch.stop()
+
+
+def _join_and_run(study_name: str, storage: str | None, *, device: str, n_threads: int | None) -> LoopStats:
     set_torch_threads(n_threads)
     torch_device = resolve_device(device)
     url = resolve_storage_url(storage, study_name)
@@ -144,6 +157,7 @@ def _start(study_name: str, storage_url: str, index: int, placement: WorkerPlace
     env.update(placement.env)
     env[STORAGE_ENV] = storage_url
     env[WORKER_INDEX_ENV] = str(index)
+    env[PARENT_PID_ENV] = str(os.getpid())
     command = [sys.executable, "-m", "hpo", "worker", "--study", study_name, "--device", placement.device, *worker_args]
     process = subprocess.Popen(command, env=env)
     where = f"GPU {placement.gpu}" if placement.gpu is not None else placement.device

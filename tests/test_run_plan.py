@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+import weakref
 from pathlib import Path
 
 import optuna
@@ -14,7 +17,7 @@ from hpo.exceptions import StudyError
 from hpo.heartbeat import StaleTrialFinder, fail_lost_trial
 from hpo.run_plan import COUNTED_ATTR, RETRY_OF_ATTR, RUN_ATTR, STOP_ATTR, count_finished, enqueue_retry, load_plan, start_run
 from hpo.storage import open_storage
-from hpo.trial_loop import MAX_CONSECUTIVE_FAILURES, run_trials
+from hpo.trial_loop import MAX_CONSECUTIVE_FAILURES, interrupt_handlers, run_trials
 
 
 def _new_study(tmp_path: Path) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
@@ -223,6 +226,50 @@ def test_run_trials_trial_failed_by_peer_is_dropped_and_retried(tmp_path: Path) 
     assert trials[2].user_attrs[RETRY_OF_ATTR] == 0
     assert trials[2].params == trials[0].params
     assert count_finished(trials) == 2
+
+
+class _InterruptedSampler(optuna.samplers.RandomSampler):
+    """A sampler during which Ctrl-C arrives: after a trial is taken, before its objective runs."""
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        raise KeyboardInterrupt
+
+
+def test_run_trials_interrupt_before_objective_releases_trial(tmp_path: Path) -> None:
+    _, backend = _new_study(tmp_path)
+    study = optuna.load_study(study_name="plan", storage=backend, sampler=_InterruptedSampler())
+    start_run(study, 2)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, backend, _objective)
+
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    assert trials[0].user_attrs["reason"] == "interrupted by KeyboardInterrupt"
+    assert trials[0].user_attrs[COUNTED_ATTR] is False
+    assert TrialState.RUNNING not in _states(study)
+    assert [t.user_attrs.get(RETRY_OF_ATTR) for t in trials if t.state == TrialState.WAITING] == [None, 0]
+
+
+def test_interrupt_inside_weakref_callback_raised_again() -> None:
+    class Target:
+        pass
+
+    def on_collect(ref: weakref.ref) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        # The handler runs in this loop, inside the callback, where Python swallows its exception.
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            pass
+
+    target = Target()
+    watcher = weakref.ref(target, on_collect)
+    with interrupt_handlers():
+        with pytest.raises(KeyboardInterrupt):
+            del target
+            time.sleep(2)
+
+    assert watcher() is None
 
 
 def test_run_trials_without_plan_raises(tmp_path: Path) -> None:

@@ -64,6 +64,26 @@ def running_trial_with_worker(study_name: str, storage: str) -> FrozenTrial | No
     return None
 
 
+def running_trials_of_workers(study_name: str, storage: str, n_workers: int) -> list[FrozenTrial] | None:
+    """Return one RUNNING trial of each of ``n_workers`` different workers, or None while fewer run one."""
+    try:
+        trials = load_trials(study_name, storage)
+    except KeyError:
+        return None
+    by_worker = {trial.user_attrs["worker"]: trial for trial in trials if trial.state == TrialState.RUNNING and "worker" in trial.user_attrs}
+    return list(by_worker.values()) if len(by_worker) >= n_workers else None
+
+
+def process_ended(pid: int) -> bool:
+    """Whether the process ``pid`` has exited (gone, or a zombie that nobody has reaped yet); Linux only."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    # The state follows the command name in brackets, which may itself contain spaces.
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 def worker_pid(trial: FrozenTrial) -> int:
     """Return the process id stored in a trial's ``worker`` attribute (``host:pid``)."""
     return int(str(trial.user_attrs["worker"]).rsplit(":", 1)[1])
