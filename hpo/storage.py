@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -31,6 +32,17 @@ _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _SQLITE_BUSY_TIMEOUT_S = 60
 # Tables that every Optuna RDB storage has, whatever its schema version.
 _OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
+# Drivers of a server URL that names none, as (SQLAlchemy driver name, module), first
+# installed wins. SQLAlchemy 2.1 alone would pick only the first of each, psycopg 3 and
+# mysqlclient, while hpo's extras install psycopg2 and PyMySQL.
+_SERVER_DRIVERS = {
+    "postgresql": (("psycopg", "psycopg"), ("psycopg2", "psycopg2")),
+    "mysql": (("mysqldb", "MySQLdb"), ("pymysql", "pymysql")),
+}
+# Dialect names that mean one of the above. Optuna 5.1 uses its MySQL upsert statements
+# only when the engine is named "mysql"; SQLAlchemy's mysql dialect detects MariaDB itself.
+_BACKEND_ALIASES = {"postgres": "postgresql", "mariadb": "mysql"}
+_SERVER_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql"}
 
 
 def validate_study_name(name: str) -> str:
@@ -91,6 +103,39 @@ def mask_password(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def with_installed_driver(url: str) -> str:
+    """Return the URL that the storage engine opens: ``url`` with an installed driver named.
+
+    ``postgresql://`` gets psycopg (3) or else psycopg2, ``mysql://`` and ``mariadb://``
+    get mysqlclient or else PyMySQL, whichever is installed. ``postgres://`` is read as
+    ``postgresql://``, and ``mariadb`` URLs open as ``mysql`` ones, which reach MariaDB
+    servers too. A URL that names a driver keeps it; SQLite URLs are returned unchanged.
+
+    Raises:
+        StorageError: When no driver for the URL's database is installed; the message names
+            the hpo extra to install.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # open_storage reports the invalid URL
+    backend = _BACKEND_ALIASES.get(parsed.get_backend_name(), parsed.get_backend_name())
+    if backend not in _SERVER_DRIVERS:
+        return url
+    if "+" in parsed.drivername:
+        driver = parsed.get_driver_name()
+    else:
+        installed = [name for name, module in _SERVER_DRIVERS[backend] if importlib.util.find_spec(module) is not None]
+        if not installed:
+            choices = " or ".join(module for _, module in _SERVER_DRIVERS[backend])
+            raise StorageError(
+                f"no database driver for storage {mask_password(url)} is installed (looked for {choices}). "
+                f"Run pip install 'hpo[{_SERVER_EXTRAS[backend]}]'."
+            )
+        driver = installed[0]
+    return parsed.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
+
+
 def sqlite_path(url: str) -> Path | None:
     """Return the file of a SQLite URL, or None for other storages."""
     parsed = make_url(url)
@@ -121,8 +166,9 @@ def open_storage(url: str, *, create: bool) -> optuna.storages.RDBStorage:
             except OSError as err:
                 raise StorageError(describe_folder_error(err, path)) from err
         engine_kwargs = sqlite_engine_kwargs()
+    engine_url = with_installed_driver(url)
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage = optuna.storages.RDBStorage(engine_url, engine_kwargs=engine_kwargs)
         if path is not None:
             configure_sqlite(storage.engine)
         return storage

@@ -152,8 +152,8 @@ def _schema_message(cause: BaseException, url: str) -> str | None:
 def _driver_message(cause: ModuleNotFoundError, url: str) -> str:
     return (
         f"the database driver for storage {_where(url)} is not installed ({cause}). Install the package that "
-        f"provides {cause.name!r}, or name an installed driver in the URL: postgresql+psycopg2:// "
-        "(pip install 'hpo[postgresql]') or mysql+pymysql:// (pip install 'hpo[mysql]')."
+        f"provides {cause.name!r}, or leave the driver out of the URL (postgresql://, mysql://) so that hpo "
+        "uses the one that pip install 'hpo[postgresql]' or 'hpo[mysql]' installs."
     )
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Share one hpo study in PostgreSQL between several machines, or several GPUs of one machine.
 #
-#   export HPO_STORAGE='postgresql+psycopg2://user:password@dbhost:5432/hpo'
+#   export HPO_STORAGE='postgresql://user:password@dbhost:5432/hpo'
 #   export STUDY=ocean
 #   # once, on any machine: create the study and queue 200 trials (runs no trial itself)
 #   bash scripts/workers_postgresql.sh queue --data /data/ocean.csv --target Quality --n-trials 200

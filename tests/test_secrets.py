@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,25 +13,6 @@ from hpo.storage import mask_password, resolve_storage_url
 psycopg2 = pytest.importorskip("psycopg2")
 
 SERVER = "127.0.0.1:5432"
-
-
-@pytest.fixture()
-def postgres_database() -> Iterator[str]:
-    """A fresh, uniquely named database on the local PostgreSQL server, dropped afterwards."""
-    name = f"hpo_secrets_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=5)
-    except psycopg2.OperationalError as err:
-        pytest.skip(f"PostgreSQL at {SERVER} is not reachable: {err}")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _database_text(name: str) -> str:
@@ -52,25 +32,25 @@ def _database_text(name: str) -> str:
 
 
 def test_password_from_env_never_written(
-    postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    postgresql_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     password = f"Pw-{uuid.uuid4().hex}"
     # PostgreSQL here trusts local connections, so the password is accepted whatever it is.
-    url = f"postgresql+psycopg2://postgres:{password}@{SERVER}/{postgres_database}"
+    url = f"postgresql+psycopg2://postgres:{password}@{SERVER}/{postgresql_database}"
     monkeypatch.setenv("HPO_STORAGE", url)
 
     assert main(["optimize", "--data", "iris", "--study", "secret", "--n-trials", "2", "--max-epochs", "1", "--device", "cpu", "--pruner", "none", "-v"]) == 0
     assert main(["finalize", "--study", "secret", "--out", str(tmp_path / "model"), "--device", "cpu", "-v"]) == 0
-    missing = url.replace(postgres_database, postgres_database + "_missing")
+    missing = url.replace(postgresql_database, postgresql_database + "_missing")
     assert main(["finalize", "--study", "secret", "--storage", missing, "--out", str(tmp_path / "other")]) == 1
     output = capfd.readouterr()
 
-    assert f"postgresql+psycopg2://postgres:***@{SERVER}/{postgres_database}" in output.out
+    assert f"postgresql+psycopg2://postgres:***@{SERVER}/{postgresql_database}" in output.out
     assert "holds a password, which other users of this machine can read" in output.err
     assert "does not exist" in output.err
     assert password not in output.out
     assert password not in output.err
-    assert password not in _database_text(postgres_database)
+    assert password not in _database_text(postgresql_database)
     files = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert any(path.name == "model.json" for path in files)
     for path in files:

@@ -266,21 +266,45 @@ def test_open_storage_missing_database_says_create_it() -> None:
         open_storage(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}", create=False)
 
 
-def test_open_storage_missing_driver_names_package() -> None:
+def test_open_storage_missing_named_driver_names_package() -> None:
     try:
         import psycopg  # noqa: F401
     except ImportError:
         pass
     else:
-        pytest.skip("psycopg is installed, so postgresql:// has its driver")
+        pytest.skip("psycopg is installed, so postgresql+psycopg:// has its driver")
 
     with pytest.raises(StorageError) as caught:
-        open_storage("postgresql://postgres@127.0.0.1:5432/test", create=False)
+        open_storage("postgresql+psycopg://postgres:Sesame-1@127.0.0.1:5432/test", create=False)
 
-    assert str(caught.value).startswith(
+    message = str(caught.value)
+    assert message.startswith(
         "the database driver for storage postgresql://127.0.0.1:5432/test is not installed (No module named 'psycopg'). "
-        "Install the package that provides 'psycopg', or name an installed driver in the URL: postgresql+psycopg2://"
+        "Install the package that provides 'psycopg', or leave the driver out of the URL (postgresql://, mysql://)"
     )
+    assert "Sesame" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "hidden", "extra"),
+    [
+        ("postgresql://postgres:Sesame-2@127.0.0.1:5432/test", ("psycopg", "psycopg2"), "postgresql"),
+        ("mariadb://root:Sesame-3@127.0.0.1:3306/test", ("MySQLdb", "pymysql"), "mysql"),
+    ],
+)
+def test_open_storage_no_driver_names_extra(monkeypatch: pytest.MonkeyPatch, url: str, hidden: tuple[str, ...], extra: str) -> None:
+    for module in hidden:
+        # A None entry makes Python treat the package as not installed.
+        monkeypatch.setitem(sys.modules, module, None)
+
+    with pytest.raises(StorageError) as caught:
+        open_storage(url, create=False)
+
+    message = str(caught.value)
+    assert message.startswith(f"no database driver for storage {url.split(':Sesame')[0]}:***@")
+    assert f"looked for {hidden[0]} or {hidden[1]}" in message
+    assert message.endswith(f"Run pip install 'hpo[{extra}]'.")
+    assert "Sesame" not in message
 
 
 def test_translated_storage_errors_leaves_other_errors(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.run_plan import is_counted
+from hpo.storage import with_installed_driver
 
 # A tiny trial: one small hidden layer, a few epochs on the 1,000-row synthetic set.
 TINY_SPACE = ["--space", "n_layers=1", "--space", "n_units=8", "--space", "batch_size=128", "--max-epochs", "2"]
@@ -37,8 +38,8 @@ def start_hpo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
 
 
 def load_trials(study_name: str, storage: str) -> list[FrozenTrial]:
-    """Return all trials of a study, read with a plain Optuna storage."""
-    return optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    """Return all trials of a study, read with a plain Optuna storage (with the driver that hpo would pick)."""
+    return optuna.load_study(study_name=study_name, storage=with_installed_driver(storage)).get_trials(deepcopy=False)
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
