@@ -60,27 +60,23 @@ def test_start_run_fills_queue_with_waiting_trials(tmp_path: Path) -> None:
     assert study.user_attrs[RUN_ATTR]["n_trials"] == 4
 
 
-def test_start_run_same_n_after_interrupt_continues(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("n_trials", "n_finished", "expected_total"),
+    [
+        (4, 1, 4),  # interrupted: the run continues to the stored total
+        (2, 2, 4),  # goal met: the same command requests that many more
+    ],
+)
+def test_start_run_same_n_again(tmp_path: Path, n_trials: int, n_finished: int, expected_total: int) -> None:
     study, backend = _new_study(tmp_path)
-    start_run(study, 4)
-    _take_and_finish(study, backend, 1)
+    start_run(study, n_trials)
+    _take_and_finish(study, backend, n_finished)
 
-    plan = start_run(study, 4)
+    plan = start_run(study, n_trials)
 
-    assert plan.total == 4
-    assert _states(study).count(TrialState.WAITING) == 3
-    assert len(study.trials) == 4
-
-
-def test_start_run_same_n_after_goal_met_adds_more(tmp_path: Path) -> None:
-    study, backend = _new_study(tmp_path)
-    start_run(study, 2)
-    _take_and_finish(study, backend, 2)
-
-    plan = start_run(study, 2)
-
-    assert plan.total == 4
-    assert _states(study).count(TrialState.WAITING) == 2
+    assert plan.total == expected_total
+    assert _states(study).count(TrialState.WAITING) == expected_total - n_finished
+    assert len(study.trials) == expected_total
 
 
 def test_start_run_smaller_goal_cancels_surplus(tmp_path: Path) -> None:
