@@ -27,6 +27,7 @@ def test_benchmark_tiny_run_prints_table(ocean_small_csv: Path) -> None:
     names = [row.split("|")[1].strip() for row in rows]
     assert any(name.startswith("a. Optuna example") for name in names)
     assert any(name.startswith("e. hpo, --pack auto") for name in names)
+    assert any(name.startswith("f. hpo, --workers") for name in names)
     assert any(name.startswith("hpo, pack of 8") for name in names)
     assert "Arithmetic floor" in result.stdout
 
