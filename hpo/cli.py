@@ -124,7 +124,7 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", dest="study_name", required=True, help="study to join, started with 'hpo optimize'")
     p.add_argument("--storage", help=_STORAGE_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--threads", type=int, help="torch threads of this worker (default: $HPO_TORCH_THREADS, else all cores)")
+    p.add_argument("--threads", type=int, help="torch threads of this worker (default: $HPO_TORCH_THREADS, else 1 on a CPU; start one worker per core)")
     p.set_defaults(handler=_run_worker)
 
 

@@ -161,17 +161,30 @@ def set_torch_threads(n_threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def default_threads(device: torch.device, n_threads: int | None = None) -> int | None:
+    """Return the torch threads of a process that trains on ``device``, or None for torch's count.
+
+    An explicit ``n_threads`` comes first, then ``$HPO_TORCH_THREADS``. Without either, a
+    CPU process gets 1 thread (see ``training_threads``) and other devices keep torch's count.
+    """
+    if n_threads is not None:
+        return n_threads
+    if os.environ.get(THREADS_ENV, "").strip():
+        return int(os.environ[THREADS_ENV])
+    return 1 if device.type == "cpu" else None
+
+
 @contextmanager
 def training_threads(device: torch.device) -> Iterator[int]:
     """Limit torch's threads while this process trains on ``device``, and restore them after.
 
-    On CPU the count is ``$HPO_TORCH_THREADS``, else 1: a second thread gains little on
-    networks of this size, while on a busy 2-core machine a 2-thread process trained at a
-    fifth to a twentieth of a 1-thread one (docs/benchmark.md). Other devices keep torch's count.
+    The count comes from ``default_threads``: 1 on a CPU unless ``$HPO_TORCH_THREADS`` is
+    set. A second thread gains little on networks of this size, while on a busy 2-core
+    machine a 2-thread process trained up to 20 times slower than a 1-thread one
+    (docs/benchmark.md).
     """
     previous = torch.get_num_threads()
-    if device.type == "cpu":
-        set_torch_threads(int(os.environ.get(THREADS_ENV, "").strip() or 1))
+    set_torch_threads(default_threads(device))
     try:
         yield torch.get_num_threads()
     finally:

@@ -21,7 +21,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from hpo.device import WorkerPlacement, resolve_device, set_torch_threads
+from hpo.device import WorkerPlacement, default_threads, resolve_device, set_torch_threads
 from hpo.exceptions import StudyError
 from hpo.heartbeat import StaleTrialFinder, fail_lost_trial, fail_stale_trials
 from hpo.parent_watch import PARENT_PID_ENV, ParentWatch
@@ -64,7 +64,8 @@ def run_worker(study_name: str, storage: str | None = None, *, device: str = "au
         study_name: The study to join.
         storage: Its storage URL; default ``$HPO_STORAGE``, else ``sqlite:///study_db/<study>.db``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        n_threads: Torch threads of this process (default: ``$HPO_TORCH_THREADS``, else torch's default).
+        n_threads: Torch threads of this process (default: ``$HPO_TORCH_THREADS``, else 1 on
+            a CPU and torch's default on other devices).
 
     Returns:
         The trials this worker ended, by outcome.
@@ -85,8 +86,8 @@ def run_worker(study_name: str, storage: str | None = None, *, device: str = "au
 
 
 def _join_and_run(study_name: str, storage: str | None, *, device: str, n_threads: int | None) -> LoopStats:
-    set_torch_threads(n_threads)
     torch_device = resolve_device(device)
+    set_torch_threads(default_threads(torch_device, n_threads))
     url = resolve_storage_url(storage, study_name)
     setup = StudySetup.from_dict(study_settings(load_study(study_name, url)))
     table, split_indices = load_and_split(setup.data)

@@ -1,11 +1,13 @@
-"""Worker placement: the device and environment each worker process starts with."""
+"""Worker placement and threads: the device, environment and torch threads each worker starts with."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hpo.device import THREADS_ENV, plan_placements, set_torch_threads
+import hpo
+
+from hpo.device import THREADS_ENV, default_threads, plan_placements, set_torch_threads, training_threads
 from hpo.exceptions import InputError
 
 
@@ -89,3 +91,32 @@ def test_set_torch_threads_reads_environment(monkeypatch: pytest.MonkeyPatch) ->
         assert set_torch_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_training_threads_default_and_restore(monkeypatch) -> None:
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    with training_threads(torch.device("cpu")) as inside:
+        assert (inside, torch.get_num_threads()) == (1, 1)
+    monkeypatch.setenv(THREADS_ENV, "3")
+    with training_threads(torch.device("cpu")) as inside:
+        assert inside == 3
+
+    hpo.optimize(n_trials=1, space={"max_epochs": 1}, device="cpu")
+
+    try:
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
+
+
+def test_default_threads_by_device_and_env(monkeypatch) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert default_threads(torch.device("cpu")) == 1
+    assert default_threads(torch.device("cpu"), 4) == 4
+    assert default_threads(torch.device("cuda", 0)) is None
+
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert default_threads(torch.device("cpu")) == 3
+    assert default_threads(torch.device("cpu"), 2) == 2

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 import hpo
 from hpo.cli import main
-from hpo.device import THREADS_ENV, training_threads
 from hpo.starting_point import STARTING_POINT_ATTR
 from hpo.storage import load_study, resolve_storage_url
 
@@ -63,21 +60,3 @@ def test_starting_point_turned_off(tmp_path: Path, capsys) -> None:
         study = load_study(name, resolve_storage_url(None, name))
         assert len(study.trials) == 1
         assert STARTING_POINT_ATTR not in study.trials[0].user_attrs
-
-
-def test_training_threads_default_and_restore(monkeypatch) -> None:
-    original = torch.get_num_threads()
-    torch.set_num_threads(2)
-    monkeypatch.delenv(THREADS_ENV, raising=False)
-    with training_threads(torch.device("cpu")) as inside:
-        assert (inside, torch.get_num_threads()) == (1, 1)
-    monkeypatch.setenv(THREADS_ENV, "3")
-    with training_threads(torch.device("cpu")) as inside:
-        assert inside == 3
-
-    hpo.optimize(n_trials=1, space=SHORT, device="cpu")
-
-    try:
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(original)
