@@ -90,7 +90,7 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-trials", type=int, help="trials to add in this run (default: 20)")
     p.add_argument(
         "--no-starting-point", dest="starting_point", action="store_const", const=False,
-        help="leave the first trial of a new study to the sampler too (default: run hpo's starting configuration first: 2 layers of 64, Adam, lr 3e-3, batch 256)",
+        help="leave the first trial of a new study to the sampler too (default: run hpo's starting configuration first: 2 ReLU layers of 64, Adam, lr 3e-3, batch 256, values outside the space left to the sampler)",
     )
     p.add_argument("--timeout", type=float, help="seconds after which no new trial starts (default: no limit)")
     p.add_argument("--seed", type=int, help="seed of the sampler, the split and each trial (default: 0)")

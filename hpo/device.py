@@ -152,13 +152,27 @@ def set_torch_threads(n_threads: int | None = None) -> int:
     Returns:
         The number of threads torch now uses.
     """
-    if n_threads is None and os.environ.get(THREADS_ENV, "").strip():
-        n_threads = int(os.environ[THREADS_ENV])
+    if n_threads is None:
+        n_threads = threads_from_env()
     if n_threads is not None:
         if n_threads < 1:
             raise InputError(f"threads must be >= 1; got {n_threads}.")
         torch.set_num_threads(n_threads)
     return torch.get_num_threads()
+
+
+def threads_from_env() -> int | None:
+    """Return ``$HPO_TORCH_THREADS`` as a number, or None when it is unset or empty.
+
+    Raises:
+        InputError: When the variable is set to anything but a positive integer.
+    """
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"{THREADS_ENV} must be a positive integer; got {text!r}. Unset it or set e.g. {THREADS_ENV}=1.")
+    return int(text)
 
 
 def default_threads(device: torch.device, n_threads: int | None = None) -> int | None:
@@ -169,8 +183,9 @@ def default_threads(device: torch.device, n_threads: int | None = None) -> int |
     """
     if n_threads is not None:
         return n_threads
-    if os.environ.get(THREADS_ENV, "").strip():
-        return int(os.environ[THREADS_ENV])
+    from_env = threads_from_env()
+    if from_env is not None:
+        return from_env
     return 1 if device.type == "cpu" else None
 
 

@@ -116,6 +116,11 @@ def batched_params(trial: optuna.Trial) -> Iterator[None]:
     if not isinstance(backend, RDBStorage) or not hasattr(storage, "_studies"):
         yield
         return
+    if trial._trial_id not in storage._trial_id_to_study_id_and_number:
+        # A worker that took a queued trial with all parameters fixed may not have read the
+        # study's trials yet, because no sampler call did. Its cache then lacks the trial,
+        # and reading the trials once adds it.
+        storage.get_all_trials(trial.study._study_id, deepcopy=False)
     queue = _ParamQueue(storage)
     # NOTE: swaps the trial's storage for a queue and writes through private helpers of
     # Optuna's cached RDB storage (checked with optuna 5.1).

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from hpo.metrics import CLASSIFICATION, METRICS
+from hpo.objective import parameter_count
 from hpo.space import SearchSpace
 from hpo.warm_start import contains, space_distributions
 
@@ -37,18 +38,41 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-def enqueue_starting_point(study: optuna.Study, space: SearchSpace, *, metric: str) -> dict[str, Any]:
+def enqueue_starting_point(
+    study: optuna.Study,
+    space: SearchSpace,
+    *,
+    metric: str,
+    n_inputs: int,
+    n_outputs: int,
+    max_params: int | None = None,
+) -> dict[str, Any] | None:
     """Queue hpo's starting configuration as the study's next trial; return its parameters.
 
     Values outside ``space`` (a narrowed range, a dropped choice) are left out, so the
-    sampler picks them. Where the space searches ``class_weight``, it starts as
-    ``balanced`` for metrics that weigh classes equally and ``none`` for the others.
+    sampler picks them. The learning rate is left out too when the space has no Adam-family
+    optimizer, since it suits Adam only. Where the space searches ``class_weight``, it starts
+    as ``balanced`` for metrics that weigh classes equally and ``none`` for the others.
+    Nothing is queued when the network would exceed ``max_params``, which would prune it.
     """
     distributions = space_distributions(space)
     wanted = dict(_DEFAULTS)
     if METRICS[metric].task == CLASSIFICATION:
         wanted["class_weight"] = "none" if metric in ("accuracy", "log_loss") else "balanced"
     params = {name: value for name, value in wanted.items() if name in distributions and contains(distributions[name], value)}
+    optimizers = space.optimizer if isinstance(space.optimizer, list) else [space.optimizer]
+    if not {"adam", "adamw"} & set(optimizers):
+        params.pop("lr", None)
+
+    # The depth and widths that the trial gets where the space fixes them or leaves them out.
+    n_layers = params.get("n_layers", space.n_layers if isinstance(space.n_layers, int) else None)
+    widths = [params.get(f"n_units_l{i}", space.n_units if isinstance(space.n_units, int) else None) for i in range(n_layers or 0)]
+    if max_params is not None and n_layers is not None and None not in widths:
+        arch = {"n_inputs": n_inputs, "hidden": widths, "n_outputs": n_outputs}
+        if parameter_count(arch) > max_params:
+            _logger.info("hpo's starting configuration has %d parameters, over --max-params %d; the sampler picks the first trial.", parameter_count(arch), max_params)
+            return None
+
     study.enqueue_trial(params, user_attrs={STARTING_POINT_ATTR: True})
     _logger.info("Queued hpo's starting configuration as the first trial of study %r.", study.study_name)
     return params

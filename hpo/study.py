@@ -19,7 +19,7 @@ from hpo.baseline import record_baseline, warn_if_skewed
 from hpo.budget import Budget
 from hpo.cv import MAX_FOLDS, CrossValidationObjective, fold_data
 from hpo.data import BUILTIN_DATASETS, DEFAULT_DATASET, SplitIndices, SplitSpec, Table
-from hpo.device import plan_placements, resolve_device, training_threads
+from hpo.device import plan_placements, resolve_device, threads_from_env, training_threads
 from hpo.engine import DeviceData
 from hpo.events import log_trial_end, with_start_event
 from hpo.exceptions import InputError, StudyError
@@ -42,7 +42,7 @@ from hpo.storage import (
     validate_study_name,
 )
 from hpo.storage_errors import translated_storage_errors
-from hpo.warm_start import enqueue_best_trials, next_study_name
+from hpo.warm_start import N_WARM_START_TRIALS, enqueue_best_trials, next_study_name
 
 _logger = logging.getLogger(__name__)
 
@@ -223,6 +223,7 @@ def optimize(
     if not (heartbeat_interval > 0 and grace_period > heartbeat_interval):
         raise InputError(f"the grace period must exceed the heartbeat interval, and both be positive; got {grace_period} and {heartbeat_interval} s.")
     torch_device = resolve_device(device)
+    threads_from_env()  # a bad $HPO_TORCH_THREADS is reported before the study is written
     placements = plan_placements(
         workers, device=device, gpus=gpus, workers_per_gpu=workers_per_gpu,
         n_cuda_devices=torch.cuda.device_count() if torch.cuda.is_available() else 0,
@@ -303,10 +304,14 @@ def optimize(
         if FINGERPRINT_ATTR not in study.user_attrs:
             # A study from an hpo version without fingerprints: its settings matched above.
             study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
+        n_warm_started = 0
         if warm_start_from is not None:
-            enqueue_best_trials(warm_start_from, study, setup.space)
-        elif starting_point and not study.get_trials(deepcopy=False):
-            enqueue_starting_point(study, setup.space, metric=setup.metric)
+            n_warm_started = enqueue_best_trials(warm_start_from, study, setup.space, n_trials=min(N_WARM_START_TRIALS, n_trials or N_WARM_START_TRIALS))
+        if starting_point and not n_warm_started and not study.get_trials(deepcopy=False):
+            enqueue_starting_point(
+                study, setup.space, metric=setup.metric,
+                n_inputs=parts[0].x_train.shape[1], n_outputs=parts[0].n_outputs, max_params=setup.budget.max_params,
+            )
         warn_if_skewed(parts[0], metric_obj)
         record_baseline(study, parts, metric_obj)
 

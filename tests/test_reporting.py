@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo.reporting import TrialReporter
+from hpo.reporting import TrialReporter, batched_params
 from hpo.storage import open_storage
 
 
@@ -138,3 +138,21 @@ def test_batched_params_incompatible_distribution_raises(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="different distribution"):
         with batched_params(second):
             second.suggest_categorical("n_layers", ["a", "b"])
+
+
+def test_batched_params_fixed_trial_in_fresh_process(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    study.enqueue_trial({"x": 2.0})
+    url = study._storage._backend.url
+    # A fresh worker: its own storage cache, and the queued trial taken through the backend.
+    backend = open_storage(url, create=False)
+    fresh = optuna.load_study(study_name=study.study_name, storage=backend)
+    waiting = backend.get_all_trials(fresh._study_id, states=(optuna.trial.TrialState.WAITING,))
+    assert backend.set_trial_state_values(waiting[0]._trial_id, optuna.trial.TrialState.RUNNING)
+    trial = optuna.trial.Trial(fresh, waiting[0]._trial_id)
+
+    with batched_params(trial):
+        value = trial.suggest_float("x", 0.0, 5.0)
+
+    assert value == 2.0
+    assert _stored(study, trial.number).params == {"x": 2.0}

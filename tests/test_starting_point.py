@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import hpo
 from hpo.cli import main
+from hpo.device import THREADS_ENV
+from hpo.exceptions import InputError
+from hpo.warm_start import WARM_START_ATTR
 from hpo.starting_point import STARTING_POINT_ATTR
 from hpo.storage import load_study, resolve_storage_url
 
@@ -60,3 +65,45 @@ def test_starting_point_turned_off(tmp_path: Path, capsys) -> None:
         study = load_study(name, resolve_storage_url(None, name))
         assert len(study.trials) == 1
         assert STARTING_POINT_ATTR not in study.trials[0].user_attrs
+
+
+def test_starting_point_skipped_over_max_params() -> None:
+    study = hpo.optimize(n_trials=1, space=SHORT, max_params=1000, device="cpu")
+
+    assert len(study.trials) == 1
+    assert STARTING_POINT_ATTR not in study.trials[0].user_attrs
+
+
+def test_starting_point_lr_left_to_sampler_for_sgd() -> None:
+    study = hpo.optimize(n_trials=1, space={**SHORT, "optimizer": "sgd"}, device="cpu")
+
+    first = study.trials[0]
+    assert first.user_attrs[STARTING_POINT_ATTR] is True
+    assert first.params["batch_size"] == 256
+    assert first.params["lr"] != 3e-3
+
+
+def test_new_study_without_finished_trials_starts_from_it() -> None:
+    hpo.optimize(n_trials=1, space=SHORT, workers=0, device="cpu")  # queues a trial, runs none
+    study = hpo.optimize(n_trials=1, space=SHORT, new_study=True, device="cpu")
+
+    assert study.study_name == "synthetic-2"
+    assert study.trials[0].user_attrs[STARTING_POINT_ATTR] is True
+
+
+def test_new_study_warm_starts_at_most_n_trials() -> None:
+    hpo.optimize(n_trials=6, space=SHORT, device="cpu")
+    study = hpo.optimize(n_trials=2, space=SHORT, new_study=True, device="cpu")
+
+    assert len(study.trials) == 2
+    assert all(WARM_START_ATTR in t.user_attrs for t in study.trials)
+    assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+
+
+def test_bad_threads_env_rejected_before_study(monkeypatch) -> None:
+    monkeypatch.setenv(THREADS_ENV, "abc")
+
+    with pytest.raises(InputError, match="HPO_TORCH_THREADS must be a positive integer; got 'abc'"):
+        hpo.optimize(n_trials=1, space=SHORT, device="cpu")
+
+    assert not (Path("study_db") / "synthetic.db").exists()
