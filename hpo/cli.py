@@ -360,6 +360,8 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
         worker_args.append("--quiet")
     elif args.verbose:
         worker_args.append("-" + "v" * args.verbose)
+    if getattr(args, "debug", False):
+        worker_args.append("--debug")
     return worker_args
 
 

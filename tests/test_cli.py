@@ -341,3 +341,16 @@ def test_finalize_changed_or_moved_data(tmp_path: Path, capsys: pytest.CaptureFi
 
     assert main(["finalize", "--study", "moved", "--out", str(tmp_path / "m2"), "--data", str(moved), "-q"]) == 0
     assert (tmp_path / "m2" / "model.json").exists()
+
+
+def test_worker_args_pass_logging_and_debug() -> None:
+    from hpo.cli import _worker_args, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["optimize", "--debug", "-vv", "--workers", "2"])
+    worker_args = _worker_args(args)
+
+    assert worker_args == ["--log-format", "text", "-vv", "--debug"]
+    worker = parser.parse_args(["worker", "--study", "s", *worker_args])
+    assert worker.debug is True
+    assert worker.verbose == 2
