@@ -86,7 +86,7 @@ def call_with_retries(what: str, function: Callable[..., T], *args: Any, **kwarg
             if not is_transient(err) or attempt == STORAGE_ATTEMPTS:
                 raise
             wait = _FIRST_WAIT_S * 2 ** (attempt - 1) * (0.5 + random.random())
-            _logger.warning("Storage call %s failed (%s); retry %d of %d in %.1f s.", what, _short(err), attempt, STORAGE_ATTEMPTS - 1, wait)
+            _logger.warning("Storage call %s failed (%s); retry %d of %d in %.1f s.", what, short_error(err), attempt, STORAGE_ATTEMPTS - 1, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -106,7 +106,11 @@ def is_transient(err: BaseException) -> bool:
     return False
 
 
-def _short(err: BaseException) -> str:
+def short_error(err: BaseException) -> str:
+    """Return the type and first line of ``err``'s cause, such as the database's "database is locked".
+
+    The text of Optuna's ``StorageInternalError`` blames the commit; the driver's error is its cause.
+    """
     cause = err.__cause__ or err
     first_line = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     return f"{type(cause).__name__}: {first_line}"[:200]

@@ -21,7 +21,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.orm import Session
 
-from hpo.concurrency import call_with_retries
+from hpo.concurrency import call_with_retries, short_error
 from hpo.objective import REASON_ATTR
 from hpo.run_plan import COUNTED_ATTR, WORKER_ATTR, enqueue_retry
 
@@ -162,6 +162,6 @@ class Heartbeat:
             except Exception as err:  # one failed beat must not end the thread; the next one retries
                 self._n_errors += 1
                 silent_for = time.monotonic() - self._last_beat
-                _logger.warning("Heartbeat of trial %s failed (%d in a row, last beat %.0f s ago): %s: %s", trial_id, self._n_errors, silent_for, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                _logger.warning("Heartbeat of trial %s failed (%d in a row, last beat %.0f s ago): %s", trial_id, self._n_errors, silent_for, short_error(err))
                 if trial_id is not None and silent_for > self.finder.grace_period:
                     _logger.error("Trial %s had no heartbeat for %.0f s; other workers may mark it as lost.", trial_id, silent_for)

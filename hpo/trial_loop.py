@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from hpo.concurrency import call_with_retries, is_transient
+from hpo.concurrency import call_with_retries, is_transient, short_error
 from hpo.device import free_device_memory
 from hpo.exceptions import StudyError
 from hpo.heartbeat import Heartbeat, StaleTrialFinder, fail_lost_trial, fail_stale_trials
@@ -258,8 +258,8 @@ def _release_trial(study: optuna.Study, backend: RDBStorage, trial_id: int, err:
         fail_lost_trial(study, backend, trial_id, reason)
     except Exception as release_err:  # err is raised on, and the stale-trial check of other workers fails the trial later
         _logger.error(
-            "Could not mark trial id %d as failed (%s: %s); another worker will once its heartbeat is older than the grace period.",
-            trial_id, type(release_err).__name__, release_err,
+            "Could not mark trial id %d as failed (%s); another worker will once its heartbeat is older than the grace period.",
+            trial_id, short_error(release_err),
         )
 
 

@@ -21,6 +21,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from hpo.concurrency import short_error
 from hpo.device import WorkerPlacement, default_threads, resolve_device, set_torch_threads
 from hpo.exceptions import StudyError
 from hpo.heartbeat import StaleTrialFinder, fail_lost_trial, fail_stale_trials
@@ -175,7 +176,7 @@ def _watch(study: optuna.Study, backend: RDBStorage, finder: StaleTrialFinder, w
             try:
                 fail_stale_trials(study, finder)
             except Exception as err:  # the workers go on without this sweep; the next one retries
-                _logger.warning("Check for stale trials failed: %s: %s", type(err).__name__, err)
+                _logger.warning("Check for stale trials failed: %s", short_error(err))
             next_sweep = time.monotonic() + interval
 
 

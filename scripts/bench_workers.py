@@ -49,8 +49,8 @@ def main() -> int:
     parser.add_argument("--grace-period", type=float, help="passed to hpo optimize")
     args = parser.parse_args()
 
-    print("| storage | workers | run | trials | lost | wall s | trials/min (first start to last end) | vs 1 worker | checks |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| storage | workers | run | trials | lost | wall s | span s (first start to last end) | trials/min in span | vs 1 worker | checks |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     baseline: dict[str, float] = {}
     all_ok = True
     for storage in args.storages.split(","):
@@ -62,7 +62,7 @@ def main() -> int:
                 ratio = f"{row['rate'] / baseline[storage]:.2f}" if storage in baseline else "n/a"
                 all_ok &= row["ok"]
                 print(
-                    f"| {storage} | {n_workers} | {repeat} | {row['counted']} | {row['lost']} | {row['wall']:.1f} | "
+                    f"| {storage} | {n_workers} | {repeat} | {row['counted']} | {row['lost']} | {row['wall']:.1f} | {row['span']:.1f} | "
                     f"{row['rate']:.1f} | {ratio} | {row['checks']} |",
                     flush=True,
                 )
@@ -107,7 +107,7 @@ def _run_once(storage: str, n_workers: int, args: argparse.Namespace) -> dict:
     finished = [t for t in trials if t.datetime_complete is not None and t.datetime_start is not None and is_counted(t)]
     span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds() if finished else float("nan")
     return {
-        "counted": counted, "lost": lost, "wall": wall, "rate": 60 * len(finished) / span if span else float("nan"),
+        "counted": counted, "lost": lost, "wall": wall, "span": span, "rate": 60 * len(finished) / span if span else float("nan"),
         "ok": not problems, "checks": "ok" if not problems else "; ".join(problems),
     }
 

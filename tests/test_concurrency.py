@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -11,7 +13,8 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from hpo.concurrency import call_with_retries, is_transient
+from hpo.concurrency import call_with_retries, configure_sqlite, is_transient
+from hpo.heartbeat import Heartbeat, StaleTrialFinder
 from hpo.storage import open_storage
 
 
@@ -85,3 +88,29 @@ def test_call_with_retries_other_error_raised_at_once() -> None:
 def test_is_transient_plain_value_error_false() -> None:
     assert is_transient(ValueError("x")) is False
     assert is_transient(_locked()) is True
+
+
+def test_heartbeat_lock_timeout_logs_cause(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    study = optuna.create_study(study_name="locked", storage=open_storage(url, create=True))
+    trial_id = study.ask()._trial_id
+    # A storage that gives up on a lock after 0.1 s instead of the default busy timeout.
+    backend = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 0.1}})
+    configure_sqlite(backend.engine)
+    heartbeat = Heartbeat(study, StaleTrialFinder(backend, study._study_id, grace_period=30.0), interval=0.05)
+    heartbeat.beat_for(trial_id)
+    holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+
+    with caplog.at_level(logging.WARNING, logger="hpo.heartbeat"):
+        heartbeat.start()
+        deadline = time.monotonic() + 10
+        while "Heartbeat of trial" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        heartbeat.stop()
+    holder.execute("ROLLBACK")
+    holder.close()
+
+    failures = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Heartbeat of trial")]
+    assert failures
+    assert "OperationalError: (sqlite3.OperationalError) database is locked" in failures[0]
