@@ -170,6 +170,11 @@ def interrupt_handlers() -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sys.unraisablehook = previous_unraisable_hook
+        if _interrupts.signal_name is not None:
+            # CPython (3.11) marks an interrupt that leaves an eval() of a string, as SQLAlchemy
+            # evaluates annotations, as unhandled for good, and a ``python -m`` process then
+            # ends by SIGINT instead of its exit code. An eval() that ends normally clears the mark.
+            eval("None")
 
 
 def watch_storage(backend: RDBStorage) -> None:

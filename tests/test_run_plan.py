@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -266,6 +268,30 @@ def test_interrupt_inside_weakref_callback_raised_again() -> None:
             time.sleep(2)
 
     assert watcher() is None
+
+
+_EVAL_INTERRUPTED = """
+import os, signal, sys
+from hpo.trial_loop import interrupt_handlers
+
+try:
+    with interrupt_handlers():
+        eval("[os.kill(os.getpid(), signal.SIGTERM)] + [0 for _ in range(10**7)]")
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_interrupt_through_eval_keeps_exit_code(tmp_path: Path) -> None:
+    # Run with "python -m", as the hpo command runs: only then does CPython turn the exit into SIGINT.
+    package = tmp_path / "interrupted_eval"
+    package.mkdir()
+    (package / "__main__.py").write_text(_EVAL_INTERRUPTED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
+
+    result = subprocess.run([sys.executable, "-m", "interrupted_eval"], env=env, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 130, result.stderr
 
 
 def test_run_trials_without_plan_raises(tmp_path: Path) -> None:
