@@ -56,10 +56,10 @@ def enqueue_starting_point(
     Nothing is queued when the network would exceed ``max_params``, which would prune it.
     """
     distributions = space_distributions(space)
-    wanted = dict(_DEFAULTS)
+    values = dict(_DEFAULTS)
     if METRICS[metric].task == CLASSIFICATION:
-        wanted["class_weight"] = "none" if metric in ("accuracy", "log_loss") else "balanced"
-    params = {name: value for name, value in wanted.items() if name in distributions and contains(distributions[name], value)}
+        values["class_weight"] = "none" if metric in ("accuracy", "log_loss") else "balanced"
+    params = {name: value for name, value in values.items() if name in distributions and contains(distributions[name], value)}
     optimizers = space.optimizer if isinstance(space.optimizer, list) else [space.optimizer]
     if not {"adam", "adamw"} & set(optimizers):
         params.pop("lr", None)

@@ -68,7 +68,7 @@ def space_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
 
 
 def contains(distribution: BaseDistribution, value: Any) -> bool:
-    """Whether ``value`` is a value that ``distribution`` can suggest."""
+    """Return whether ``distribution`` can suggest ``value``."""
     if isinstance(distribution, CategoricalDistribution):
         return value in distribution.choices
     if isinstance(distribution, (IntDistribution, FloatDistribution)):

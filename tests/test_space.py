@@ -35,7 +35,7 @@ def test_search_space_defaults_match_documented_ranges() -> None:
         ("accuracy", True, ["none", "balanced"]),
     ],
 )
-def test_class_weight_is_searched_only_for_metrics_that_weigh_classes(metric: str, given: bool, expected: object) -> None:
+def test_class_weight_default_by_metric(metric: str, given: bool, expected: object) -> None:
     assert SearchSpace().for_metric(metric, class_weight_given=given).class_weight == expected
 
 

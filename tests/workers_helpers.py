@@ -76,7 +76,7 @@ def running_trials_of_workers(study_name: str, storage: str, n_workers: int) -> 
 
 
 def process_ended(pid: int) -> bool:
-    """Whether the process ``pid`` has exited (gone, or a zombie that nobody has reaped yet); Linux only."""
+    """Whether the process ``pid`` has exited (gone, or a zombie not reaped yet); Linux only."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
