@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from hpo.metrics import CLASSIFICATION, METRICS, REGRESSION, Metric, compute_metric
+from hpo.optimizers import Stepper
 from hpo.space import TrialConfig
 
 _logger = logging.getLogger(__name__)
@@ -124,22 +125,12 @@ class TrainResult:
         return len(self.train_losses)
 
 
-def make_optimizer(model: nn.Module, config: TrialConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Create the configured optimizer, fused into one kernel per step where torch supports it."""
-    params = list(model.parameters())
-    kwargs: dict[str, object] = {"lr": config.lr, "weight_decay": config.weight_decay}
-    if config.optimizer == "sgd":
-        kwargs["momentum"] = config.momentum
-    classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-    optimizer_class = classes[config.optimizer]
-
-    if device.type in ("cpu", "cuda"):
-        try:
-            return optimizer_class(params, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError) as err:
-            # Older torch builds lack fused kernels for some devices; the loop form is correct too.
-            _logger.debug("Fused %s unavailable on %s (%s); using the default form.", config.optimizer, device, err)
-    return optimizer_class(params, **kwargs)
+def make_optimizer(model: nn.Module, config: TrialConfig) -> Stepper:
+    """Create the configured optimizer, fused into one kernel per step where torch has one."""
+    return Stepper(
+        model.parameters(), config.optimizer,
+        lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum if config.optimizer == "sgd" else 0.0,
+    )
 
 
 def train(
@@ -170,7 +161,7 @@ def train(
         NonFiniteLossError: When an epoch's mean training loss is NaN or infinite.
     """
     started = time.perf_counter()
-    optimizer = make_optimizer(model, config, data.device)
+    optimizer = make_optimizer(model, config)
     loss_fn = make_loss(config, data)
     # The permutation is drawn on the CPU, so the batch order is the same on every device.
     generator = torch.Generator().manual_seed(seed)
@@ -186,7 +177,7 @@ def train(
             index = order[start : start + config.batch_size]
             outputs = model(data.x_train[index])
             loss = loss_fn(outputs, data.y_train[index])
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total_loss += loss.detach() * index.numel()

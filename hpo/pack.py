@@ -1,4 +1,4 @@
-"""Train several networks of one depth and batch size as one stacked computation (a pack).
+"""Train several networks that share a batch size as one stacked computation (a pack).
 
 The pack stacks its members' weights along a leading member dimension, so each layer is
 one batched matrix product (``torch.baddbmm``) for all members. Every member keeps its
@@ -6,9 +6,12 @@ own weights, seed, batch order, learning rate, weight decay, optimizer state, dr
 activation and learning curve, so it trains as it would alone (see ``train`` in
 ``hpo.engine``), up to float rounding.
 
-Members of different widths share a pack: each layer is zero-padded to the widest member.
-The padding is exact, because every activation maps 0 to 0, so a padded unit outputs 0,
-receives a zero gradient, and keeps zero weights under Adam, AdamW and SGD.
+Members of different widths and depths share a pack. Each layer is zero-padded to the
+widest member, which is exact because every activation maps 0 to 0: a padded unit outputs
+0, receives a zero gradient and never trains. A shallower member passes through identity
+layers up to the pack's depth (see ``_Stack``). Members must share the batch size, since
+they step together, and the optimizer family (Adam and AdamW, or SGD), since the pack runs
+one update rule.
 """
 
 from __future__ import annotations
@@ -26,14 +29,11 @@ from torch.nn import functional
 
 from hpo.engine import DeviceData, EpochStats, NonFiniteLossError, TrainResult, make_loss
 from hpo.metrics import METRICS, REGRESSION, Metric, compute_metric
+from hpo.optimizers import BETA1, BETA2, EPS
 from hpo.space import TrialConfig
 
 _logger = logging.getLogger(__name__)
 
-# Defaults of torch.optim.Adam and AdamW, which the lone engine uses too.
-_BETA1 = 0.9
-_BETA2 = 0.999
-_EPS = 1e-8
 # Largest member x row x unit count of one evaluation chunk (64 MiB of float32).
 _EVAL_CHUNK_ELEMENTS = 2**24
 
@@ -43,17 +43,20 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": functional.gelu,
     "silu": functional.silu,
     "leaky_relu": functional.leaky_relu,
+    # A shallower member's pass-through layers.
+    "identity": lambda hidden: hidden,
 }
 
-PackKey = tuple[int, int]
+PackKey = tuple[int, str]
 
 
 def pack_key(config: TrialConfig) -> PackKey:
-    """Return what members of one pack must share: the number of hidden layers and the batch size.
+    """Return what members of one pack must share: the batch size and the optimizer family.
 
-    Widths, activation, dropout, optimizer and its settings may differ between members.
+    Depth, widths, activation, dropout, learning rate and weight decay may differ, and so
+    may Adam and AdamW.
     """
-    return (len(config.hidden), config.batch_size)
+    return (config.batch_size, "sgd" if config.optimizer == "sgd" else "adam")
 
 
 @dataclass
@@ -104,7 +107,7 @@ class PackEpoch:
 
 
 class Pack:
-    """Members that share the number of hidden layers and the batch size, trained together.
+    """Members that share the batch size and the optimizer family, trained together.
 
     Members join and leave between epochs. ``run_epoch`` trains every member for one
     epoch on its own batch order and evaluates all of them on the validation part.
@@ -126,7 +129,7 @@ class Pack:
         """Add a network initialized by the caller (``model``) as a new member.
 
         Raises:
-            ValueError: When the config's depth or batch size differs from the pack's.
+            ValueError: When the config's batch size or optimizer family differs from the pack's.
         """
         if pack_key(config) != self.key:
             raise ValueError(f"config with key {pack_key(config)} cannot join a pack with key {self.key}")
@@ -188,43 +191,108 @@ class Pack:
 
 
 class _Stack:
-    """The members' parameters and optimizer state stacked and zero-padded for batched products.
+    """The members' parameters and optimizer state in flat buffers, zero-padded for batched products.
 
-    Members are ordered by activation and then by optimizer family, so that each
-    activation and each update rule applies to one contiguous slice of the member dimension.
+    Every parameter tensor of the stack (``weights[i]``: [K, in, out], ``biases[i]``:
+    [K, 1, out]) is a view into one flat buffer, and so is its gradient. The update rule
+    then runs about 15 operations on the whole buffer instead of about 10 per tensor, with
+    per-member values (learning rate, decay, bias correction) spread to per-element vectors.
+    On 2 CPU cores, the per-tensor update had taken two thirds of a batch-128 step.
+
+    A member shallower than the deepest one passes through identity layers between its
+    last hidden layer and its output layer: identity weights that never train, no
+    activation and no dropout, so its outputs and gradients are those of its own network.
+    Members are ordered by activation and then by depth, so that each activation applies
+    to few contiguous slices of the member dimension.
     """
 
     def __init__(self, members: list[PackMember], data: DeviceData) -> None:
-        self.members = sorted(members, key=lambda m: (m.config.activation, m.config.optimizer == "sgd"))
+        self.members = sorted(members, key=lambda m: (m.config.activation, -len(m.config.hidden)))
         self.device = device = data.device
         self.is_regression = data.task == REGRESSION
-        n_layers = len(self.members[0].weights)
-        self.in_widths = [max(m.weights[i].shape[0] for m in self.members) for i in range(n_layers)]
-        self.out_widths = [max(m.weights[i].shape[1] for m in self.members) for i in range(n_layers)]
+        self.is_sgd = self.members[0].config.optimizer == "sgd"
+        n_members = len(self.members)
+        depth = max(len(m.config.hidden) for m in self.members)
+        self.depth = depth
+        # placements[k][j]: the stack layer of member k's layer j (its output layer goes to layer ``depth``).
+        self.placements = [list(range(len(m.config.hidden))) + [depth] for m in self.members]
 
-        # weights[i]: [K, in, out]; biases[i]: [K, 1, out]; zero-padded to the widest member.
-        self.weights = [self._pad([m.weights[i] for m in self.members], (self.in_widths[i], self.out_widths[i])) for i in range(n_layers)]
-        self.biases = [self._pad([m.biases[i].unsqueeze(0) for m in self.members], (1, self.out_widths[i])) for i in range(n_layers)]
-        self.params = self.weights + self.biases
-        shapes = [(w.shape[1], w.shape[2]) for w in self.weights] + [(1, b.shape[2]) for b in self.biases]
-        self.first_moments = [self._pad([m.first_moments[j].reshape(self._member_shape(m, j)) for m in self.members], shapes[j]) for j in range(len(self.params))]
-        self.second_moments = [self._pad([m.second_moments[j].reshape(self._member_shape(m, j)) for m in self.members], shapes[j]) for j in range(len(self.params))]
-        for param in self.params:
+        # Each stack layer is as wide as its widest member; identity layers are as wide as the member's last hidden layer.
+        shapes = [[(0, 0)] * (depth + 1) for _ in self.members]
+        for k, member in enumerate(self.members):
+            for j, layer in enumerate(self.placements[k]):
+                shapes[k][layer] = tuple(member.weights[j].shape)
+            width = member.weights[len(member.config.hidden)].shape[0]
+            for layer in range(len(member.config.hidden), depth):
+                shapes[k][layer] = (width, width)
+        self.in_widths = [max(shapes[k][i][0] for k in range(n_members)) for i in range(depth + 1)]
+        self.out_widths = [max(shapes[k][i][1] for k in range(n_members)) for i in range(depth + 1)]
+
+        # The flat layout: the weights of every layer, then the biases; each block is [K, ...].
+        self.block_shapes = [(n_members, self.in_widths[i], self.out_widths[i]) for i in range(depth + 1)]
+        self.block_shapes += [(n_members, 1, self.out_widths[i]) for i in range(depth + 1)]
+        self.block_starts = [0]
+        for shape in self.block_shapes:
+            self.block_starts.append(self.block_starts[-1] + math.prod(shape))
+        size = self.block_starts[-1]
+
+        self.flat = torch.zeros(size, device=device)
+        self.grad = torch.zeros(size, device=device)
+        self.first_moments = torch.zeros(size, device=device)
+        self.second_moments = torch.zeros(size, device=device)
+        trainable = torch.zeros(size, device=device)
+        flat_views, trainable_views = self._views(self.flat), self._views(trainable)
+        first_views, second_views = self._views(self.first_moments), self._views(self.second_moments)
+        n_layers = depth + 1
+        for k, member in enumerate(self.members):
+            for j, layer in enumerate(self.placements[k]):
+                rows, cols = member.weights[j].shape
+                for block, source in ((layer, j), (n_layers + layer, len(member.weights) + j)):
+                    if block < n_layers:
+                        region: tuple[Any, ...] = (k, slice(0, rows), slice(0, cols))
+                        shape: tuple[int, ...] = (rows, cols)
+                    else:
+                        region, shape = (k, 0, slice(0, cols)), (cols,)
+                    flat_views[block][region] = (member.weights + member.biases)[source].reshape(shape)
+                    trainable_views[block][region] = 1.0
+                    first_views[block][region] = member.first_moments[source].reshape(shape)
+                    second_views[block][region] = member.second_moments[source].reshape(shape)
+            for layer in range(len(member.config.hidden), depth):
+                width = shapes[k][layer][0]
+                flat_views[layer][k, :width, :width] = torch.eye(width, device=device)
+
+        self.weights = flat_views[:n_layers]
+        self.biases = flat_views[n_layers:]
+        for param, grad in zip(flat_views, self._views(self.grad), strict=True):
             param.requires_grad_(True)
-
-        def per_member(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1, 1)
+            # Backward adds into these views of the flat gradient, since a gradient is already set.
+            param.grad = grad
 
         configs = [m.config for m in self.members]
-        self.lr = per_member([c.lr for c in configs])
-        self.l2_decay = per_member([c.weight_decay if c.optimizer in ("adam", "sgd") else 0.0 for c in configs])
-        self.decoupled_decay = per_member([c.weight_decay if c.optimizer == "adamw" else 0.0 for c in configs])
-        self.momentum = per_member([c.momentum for c in configs])
-        self.keep = per_member([1.0 - c.dropout for c in configs])
-        self.has_dropout = any(c.dropout > 0 for c in configs)
-        self.n_steps = per_member([float(m.n_steps) for m in self.members])
-        self.activation_slices = _slices([c.activation for c in configs])
-        self.optimizer_slices = _slices(["sgd" if c.optimizer == "sgd" else "adam" for c in configs])
+        # owner[e]: the member that element e of the flat buffers belongs to.
+        self.owner = torch.cat([torch.arange(n_members, device=device).repeat_interleave(math.prod(s[1:])) for s in self.block_shapes])
+
+        def per_element(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=device)[self.owner]
+
+        # Identity layers and padding have a learning rate of 0, so they never change.
+        self.lr = per_element([c.lr for c in configs]) * trainable
+        self.l2_decay = per_element([c.weight_decay if c.optimizer in ("adam", "sgd") else 0.0 for c in configs])
+        self.has_l2_decay = any(c.optimizer in ("adam", "sgd") and c.weight_decay > 0 for c in configs)
+        self.decay_factor = 1 - self.lr * per_element([c.weight_decay if c.optimizer == "adamw" else 0.0 for c in configs])
+        self.has_decoupled_decay = any(c.optimizer == "adamw" and c.weight_decay > 0 for c in configs)
+        self.momentum = per_element([c.momentum for c in configs])
+        self.n_steps = torch.tensor([float(m.n_steps) for m in self.members], device=device)
+
+        # Per hidden layer: each member's activation ("identity" on its pass-through layers) and keep probability.
+        def keep_of(member: PackMember, layer: int) -> float:
+            return 1.0 - member.config.dropout if layer < len(member.config.hidden) else 1.0
+
+        self.activation_slices = [
+            _slices([c.activation if layer < len(c.hidden) else "identity" for c in configs]) for layer in range(depth)
+        ]
+        self.keep = [torch.tensor([keep_of(m, layer) for m in self.members], device=device).view(-1, 1, 1) for layer in range(depth)]
+        self.has_dropout = [bool((keep < 1).any()) for keep in self.keep]
         # class_weights: [K, classes], each member's weights of the loss (ones when unweighted).
         self.class_weights = None if self.is_regression else torch.stack([_class_weights(c, data) for c in configs])
 
@@ -239,8 +307,7 @@ class _Stack:
             index = orders[:, start : start + batch_size]  # [K, B]
             outputs = self._forward(data.x_train[index], training=True)  # [K, B, outputs]
             losses = self._losses(outputs, data.y_train[index])
-            for param in self.params:
-                param.grad = None
+            self.grad.zero_()
             losses.sum().backward()
             self._step()
             total_loss += losses.detach() * index.shape[1]
@@ -285,87 +352,73 @@ class _Stack:
 
     def write_back(self) -> None:
         """Copy each member's unpadded parameters and optimizer state back into the member."""
-        for position, member in enumerate(self.members):
-            for i in range(len(member.weights)):
-                rows, cols = member.weights[i].shape
-                member.weights[i] = self.weights[i][position, :rows, :cols].detach().clone()
-                member.biases[i] = self.biases[i][position, 0, :cols].detach().clone()
-            for j, template in enumerate(member.weights + member.biases):
-                view = self._member_view(position, j, template)
-                member.first_moments[j] = self.first_moments[j][view].reshape(template.shape).clone()
-                member.second_moments[j] = self.second_moments[j][view].reshape(template.shape).clone()
+        n_layers = self.depth + 1
+        flat_views = self._views(self.flat.detach())
+        first_views, second_views = self._views(self.first_moments), self._views(self.second_moments)
+        for k, member in enumerate(self.members):
+            n_weights = len(member.weights)
+            for j, layer in enumerate(self.placements[k]):
+                rows, cols = member.weights[j].shape
+                weight_region = (k, slice(0, rows), slice(0, cols))
+                bias_region = (k, 0, slice(0, cols))
+                member.weights[j] = flat_views[layer][weight_region].clone()
+                member.biases[j] = flat_views[n_layers + layer][bias_region].clone()
+                for index, block, region in ((j, layer, weight_region), (n_weights + j, n_layers + layer, bias_region)):
+                    shape = member.first_moments[index].shape
+                    member.first_moments[index] = first_views[block][region].reshape(shape).clone()
+                    member.second_moments[index] = second_views[block][region].reshape(shape).clone()
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Return the blocks of a flat buffer: the weights of each layer, then the biases."""
+        return [flat[start:end].view(shape) for start, end, shape in zip(self.block_starts, self.block_starts[1:], self.block_shapes, strict=False)]
 
     def _forward(self, x: torch.Tensor, *, training: bool) -> torch.Tensor:
         # x: [K, B, inputs] (each member's own batch) or [rows, inputs] (shared by all members).
         hidden = x
-        last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             if hidden.dim() == 2:
                 hidden = torch.matmul(hidden, weight) + bias  # [rows, in] @ [K, in, out] -> [K, rows, out]
             else:
                 hidden = torch.baddbmm(bias, hidden, weight)
-            if i == last:
+            if i == self.depth:
                 return hidden
-            hidden = self._activate(hidden)
-            if training and self.has_dropout:
-                mask = torch.rand_like(hidden) < self.keep
-                hidden = hidden * mask / self.keep
+            hidden = self._activate(hidden, i)
+            if training and self.has_dropout[i]:
+                keep = self.keep[i]
+                mask = torch.rand_like(hidden) < keep
+                hidden = hidden * mask / keep
         return hidden
 
-    def _activate(self, hidden: torch.Tensor) -> torch.Tensor:
-        if len(self.activation_slices) == 1:
-            name, _, _ = self.activation_slices[0]
-            return _ACTIVATIONS[name](hidden)
-        return torch.cat([_ACTIVATIONS[name](hidden[start:end]) for name, start, end in self.activation_slices])
+    def _activate(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        slices = self.activation_slices[layer]
+        if len(slices) == 1:
+            return _ACTIVATIONS[slices[0][0]](hidden)
+        return torch.cat([_ACTIVATIONS[name](hidden[start:end]) for name, start, end in slices])
 
     @torch.no_grad()
     def _step(self) -> None:
-        self.n_steps += 1
-        for kind, start, end in self.optimizer_slices:
-            part = slice(start, end)
-            for param, first, second in zip(self.params, self.first_moments, self.second_moments, strict=True):
-                assert param.grad is not None
-                if kind == "sgd":
-                    self._sgd(param[part], param.grad[part], first[part], part)
-                else:
-                    self._adam(param[part], param.grad[part], first[part], second[part], part)
+        grad = self.grad
+        if self.has_l2_decay:
+            grad = grad + self.l2_decay * self.flat
+        if self.is_sgd:
+            # torch.optim.SGD with momentum and no dampening: the buffer starts at zero, so
+            # its first value is the gradient itself, as in torch.
+            buffer = self.first_moments
+            buffer.mul_(self.momentum).add_(grad)
+            self.flat.sub_(self.lr * buffer)
+            return
 
-    def _adam(self, param: torch.Tensor, grad: torch.Tensor, first: torch.Tensor, second: torch.Tensor, part: slice) -> None:
         # The update of torch.optim.Adam (L2 decay added to the gradient) and AdamW
         # (decoupled decay), with per-member learning rate, decay and step count.
-        lr, step = self.lr[part], self.n_steps[part]
-        param.mul_(1 - lr * self.decoupled_decay[part])
-        grad = grad + self.l2_decay[part] * param
-        first.lerp_(grad, 1 - _BETA1)
-        second.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
-        step_size = lr / (1 - _BETA1**step)
-        denominator = (second.sqrt() / torch.sqrt(1 - _BETA2**step)).add_(_EPS)
-        param.sub_(step_size * first / denominator)
-
-    def _sgd(self, param: torch.Tensor, grad: torch.Tensor, buffer: torch.Tensor, part: slice) -> None:
-        # torch.optim.SGD with momentum and no dampening: the buffer starts at zero, so its
-        # first value is the gradient itself, as in torch.
-        grad = grad + self.l2_decay[part] * param
-        buffer.mul_(self.momentum[part]).add_(grad)
-        param.sub_(self.lr[part] * buffer)
-
-    def _pad(self, tensors: list[torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
-        stacked = torch.zeros((len(tensors), *shape), dtype=torch.float32, device=self.device)
-        for position, tensor in enumerate(tensors):
-            stacked[position, : tensor.shape[0], : tensor.shape[1]] = tensor
-        return stacked
-
-    @staticmethod
-    def _member_shape(member: PackMember, index: int) -> tuple[int, int]:
-        n_layers = len(member.weights)
-        if index < n_layers:
-            return tuple(member.weights[index].shape)  # type: ignore[return-value]
-        return (1, member.biases[index - n_layers].shape[0])
-
-    def _member_view(self, position: int, index: int, template: torch.Tensor) -> tuple[Any, ...]:
-        if template.dim() == 2:
-            return (position, slice(0, template.shape[0]), slice(0, template.shape[1]))
-        return (position, 0, slice(0, template.shape[0]))
+        self.n_steps += 1
+        first_correction = (1 - BETA1**self.n_steps)[self.owner]
+        second_correction = torch.sqrt(1 - BETA2**self.n_steps)[self.owner]
+        if self.has_decoupled_decay:
+            self.flat.mul_(self.decay_factor)
+        self.first_moments.lerp_(grad, 1 - BETA1)
+        self.second_moments.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
+        denominator = (self.second_moments.sqrt() / second_correction).add_(EPS)
+        self.flat.sub_(self.lr / first_correction * self.first_moments / denominator)
 
 
 def _class_weights(config: TrialConfig, data: DeviceData) -> torch.Tensor:

@@ -41,6 +41,8 @@ def _model(config: TrialConfig, seed: int, n_outputs: int = N_CLASSES) -> torch.
     return build_mlp(architecture(config, N_INPUTS, n_outputs))
 
 
+# Two packs: the Adam family (depths 1 to 3, so the shallower members pass through
+# identity layers) and SGD (depths 1 and 2).
 MEMBERS = [
     _config(),
     _config(hidden=(4, 12), activation="tanh", optimizer="adamw", lr=3e-3, weight_decay=1e-2),
@@ -48,18 +50,27 @@ MEMBERS = [
     _config(hidden=(7, 8), activation="silu", optimizer="sgd", lr=2e-2, momentum=0.5, weight_decay=1e-3),
     _config(hidden=(9, 2), activation="leaky_relu", optimizer="adam", lr=1e-3, weight_decay=0.0),
     _config(hidden=(12, 6), class_weight="balanced", optimizer="adamw"),
+    _config(hidden=(10,), activation="tanh", optimizer="adam", lr=5e-3),
+    _config(hidden=(6, 20, 5), activation="relu", optimizer="adamw", lr=2e-3, weight_decay=1e-3),
+    _config(hidden=(3,), activation="relu", optimizer="adam", lr=1e-2),
+    _config(hidden=(11,), activation="tanh", optimizer="sgd", lr=3e-2),
 ]
 
 
 def test_pack_members_match_lone_training() -> None:
     data = _data()
-    pack = Pack(data, pack_key(MEMBERS[0]))
-    members = [pack.add(index, config, 100 + index, _model(config, 100 + index)) for index, config in enumerate(MEMBERS)]
+    packs: dict[object, Pack] = {}
+    members = []
+    for index, config in enumerate(MEMBERS):
+        pack = packs.setdefault(pack_key(config), Pack(data, pack_key(config)))
+        members.append(pack.add(index, config, 100 + index, _model(config, 100 + index)))
+    assert len(packs) == 2
     for _ in range(3):
-        outcomes = pack.run_epoch()
-        assert all(outcome.error is None for outcome in outcomes)
-    for member in members:
-        pack.remove(member)
+        for pack in packs.values():
+            outcomes = pack.run_epoch()
+            assert all(outcome.error is None for outcome in outcomes)
+    for member, config in zip(members, MEMBERS, strict=True):
+        packs[pack_key(config)].remove(member)
 
     for index, (member, config) in enumerate(zip(members, MEMBERS, strict=True)):
         lone = _model(config, 100 + index)
@@ -78,14 +89,15 @@ def test_pack_members_joining_and_leaving_match_lone_training() -> None:
     first = pack.add(0, MEMBERS[0], 100, _model(MEMBERS[0], 100))
     second = pack.add(1, MEMBERS[1], 101, _model(MEMBERS[1], 101))
     pack.run_epoch()
-    third = pack.add(2, MEMBERS[2], 102, _model(MEMBERS[2], 102))
+    # The third member is deeper than the others, so they gain identity layers mid-training.
+    third = pack.add(7, MEMBERS[7], 107, _model(MEMBERS[7], 107))
     pack.run_epoch()
     pack.remove(first)
     pack.run_epoch()
     pack.remove(second)
     pack.remove(third)
 
-    for member, index, n_epochs in ((first, 0, 2), (second, 1, 3), (third, 2, 2)):
+    for member, index, n_epochs in ((first, 0, 2), (second, 1, 3), (third, 7, 2)):
         assert member.epoch == n_epochs
         lone = _model(MEMBERS[index], 100 + index)
         train(lone, MEMBERS[index], data, seed=100 + index, n_epochs=n_epochs)
@@ -96,7 +108,7 @@ def test_pack_members_joining_and_leaving_match_lone_training() -> None:
 
 def test_pack_regression_members_match_lone_training() -> None:
     data = _data(regression=True)
-    configs = [_config(optimizer="adam"), _config(hidden=(5, 9), optimizer="sgd", lr=1e-2)]
+    configs = [_config(optimizer="adam"), _config(hidden=(5,), optimizer="adamw", lr=1e-2)]
     pack = Pack(data, pack_key(configs[0]), metric=METRICS["rmse"])
     members = [pack.add(index, config, 100 + index, _model(config, 100 + index, 1)) for index, config in enumerate(configs)]
     for _ in range(2):
@@ -113,9 +125,10 @@ def test_pack_regression_members_match_lone_training() -> None:
         assert member.result.val_scores == pytest.approx(result.val_scores, rel=1e-4)
 
 
-def test_pack_add_other_depth_raises() -> None:
+@pytest.mark.parametrize("changes", [{"batch_size": 64}, {"optimizer": "sgd"}])
+def test_pack_add_other_batch_size_or_optimizer_family_raises(changes: dict) -> None:
     pack = Pack(_data(), pack_key(MEMBERS[0]))
-    config = _config(hidden=(8,))
+    config = _config(**changes)
 
     with pytest.raises(ValueError, match="cannot join"):
         pack.add(0, config, 0, _model(config, 0))
@@ -125,7 +138,7 @@ def test_pack_non_finite_member_reports_error() -> None:
     data = _data()
     pack = Pack(data, pack_key(MEMBERS[0]))
     healthy = pack.add(0, MEMBERS[0], 100, _model(MEMBERS[0], 100))
-    broken = pack.add(1, _config(lr=1e30, optimizer="sgd"), 101, _model(MEMBERS[0], 101))
+    broken = pack.add(1, _config(lr=1e30), 101, _model(MEMBERS[0], 101))
 
     outcomes = {outcome.member.tag: outcome for outcome in pack.run_epoch()}
 
