@@ -111,7 +111,7 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with [optimize] options and [space] ranges; flags override it")
     p.add_argument("--space", action="append", default=[], metavar="KEY=VALUE", help=f"override one search-space entry, VALUE in TOML syntax, e.g. n_layers=[1,3] or activation=\"relu\"; repeatable. Keys: {', '.join(f.name for f in fields(SearchSpace))}")
     p.add_argument("--max-epochs", type=int, help="maximum epochs per trial (default: 30)")
-    p.add_argument("--pack", type=_pack_size, help="train up to K trials together as one stacked computation, or 'auto' to size packs from the data and device (default: 1, one trial at a time)")
+    p.add_argument("--pack", type=_pack_size, help="train up to K trials of each worker together as one stacked computation, or 'auto' to size packs from the data and device (default: 1, one trial at a time)")
     p.add_argument("--workers", type=int, help="worker processes sharing the trials (default: one per visible GPU, else 1; 0 only queues the trials for 'hpo worker')")
     p.add_argument("--gpus", type=_int_list, help="comma-separated CUDA device indices for the workers, e.g. 0,1 (default: all visible)")
     p.add_argument("--workers-per-gpu", type=int, help="workers sharing each GPU (default: 1)")
@@ -125,6 +125,7 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help=_STORAGE_HELP)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--threads", type=int, help="torch threads of this worker (default: $HPO_TORCH_THREADS, else 1 on a CPU; start one worker per core)")
+    p.add_argument("--pack", type=_pack_size, default=1, help="train up to K trials of this worker together as one stacked computation, or 'auto' (default: 1)")
     p.set_defaults(handler=_run_worker)
 
 
@@ -211,7 +212,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
 def _run_worker(args: argparse.Namespace) -> int:
     from hpo.workers import run_worker
 
-    stats = run_worker(args.study_name, args.storage, device=args.device, n_threads=args.threads)
+    stats = run_worker(args.study_name, args.storage, device=args.device, n_threads=args.threads, pack=args.pack)
     print(f"Worker ended {stats.n_complete} complete, {stats.n_pruned} pruned and {stats.n_failed} failed trials.")
     return EXIT_OK
 

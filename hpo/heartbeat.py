@@ -114,10 +114,11 @@ def fail_stale_trials(study: optuna.Study, finder: StaleTrialFinder) -> int:
 
 
 class Heartbeat:
-    """A daemon thread that records the running trial's heartbeat and fails stale trials.
+    """A daemon thread that records the running trials' heartbeats and fails stale trials.
 
-    Every ``interval`` seconds it records the heartbeat of the trial set with
-    ``beat_for`` and then runs ``fail_stale_trials`` on the study. Errors are logged and
+    Every ``interval`` seconds it records the heartbeat of the trial set with ``beat_for``
+    (or of each trial added with ``add``, for a worker that trains several at once) and then
+    runs ``fail_stale_trials`` on the study. Errors are logged and
     the thread goes on, so that one lock timeout does not end the heartbeat.
     """
 
@@ -125,7 +126,7 @@ class Heartbeat:
         self.study = study
         self.finder = finder
         self.interval = interval
-        self._trial_id: int | None = None
+        self._trial_ids: set[int] = set()
         self._last_beat = time.monotonic()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -142,26 +143,42 @@ class Heartbeat:
         self._thread.join(timeout=max(10.0, 2 * self.interval))
 
     def beat_for(self, trial_id: int | None) -> None:
-        """Record a heartbeat for ``trial_id`` now and keep doing so; None stops beating."""
+        """Record a heartbeat for ``trial_id`` now and keep doing so for it alone; None stops beating."""
         with self._lock:
-            self._trial_id = trial_id
+            self._trial_ids = set() if trial_id is None else {trial_id}
         if trial_id is not None:
-            call_with_retries("record_heartbeat", self.finder.backend.record_heartbeat, trial_id)
-            self._last_beat = time.monotonic()
+            self._beat_now(trial_id)
+
+    def add(self, trial_id: int) -> None:
+        """Record a heartbeat for ``trial_id`` now and keep doing so, besides the other trials."""
+        with self._lock:
+            self._trial_ids.add(trial_id)
+        self._beat_now(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        """Stop recording heartbeats for ``trial_id``."""
+        with self._lock:
+            self._trial_ids.discard(trial_id)
+
+    def _beat_now(self, trial_id: int) -> None:
+        call_with_retries("record_heartbeat", self.finder.backend.record_heartbeat, trial_id)
+        self._last_beat = time.monotonic()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             with self._lock:
-                trial_id = self._trial_id
+                trial_ids = sorted(self._trial_ids)
+            described = ", ".join(map(str, trial_ids)) or "none"
             try:
-                if trial_id is not None:
+                for trial_id in trial_ids:
                     self.finder.backend.record_heartbeat(trial_id)
+                if trial_ids:
                     self._last_beat = time.monotonic()
                 fail_stale_trials(self.study, self.finder)
                 self._n_errors = 0
             except Exception as err:  # one failed beat must not end the thread; the next one retries
                 self._n_errors += 1
                 silent_for = time.monotonic() - self._last_beat
-                _logger.warning("Heartbeat of trial %s failed (%d in a row, last beat %.0f s ago): %s", trial_id, self._n_errors, silent_for, short_error(err))
-                if trial_id is not None and silent_for > self.finder.grace_period:
-                    _logger.error("Trial %s had no heartbeat for %.0f s; other workers may mark it as lost.", trial_id, silent_for)
+                _logger.warning("Heartbeat of trial ids %s failed (%d in a row, last beat %.0f s ago): %s", described, self._n_errors, silent_for, short_error(err))
+                if trial_ids and silent_for > self.finder.grace_period:
+                    _logger.error("Trial ids %s had no heartbeat for %.0f s; other workers may mark them as lost.", described, silent_for)

@@ -1,10 +1,10 @@
-"""Run a worker's trials in packs, asking a new trial whenever a member leaves (continuous batching).
+"""Run a worker's trials in packs, taking a new trial whenever a member leaves (continuous batching).
 
-Up to ``pack_size`` trials train at once. Trials are asked from the study with
-``study.ask`` and finished with ``study.tell``. A new trial joins the pack of running
-trials with its number of hidden layers and batch size, or starts a new pack when none
-runs. Each round trains every pack for one epoch, reports each member's validation
-accuracy, prunes or finishes members, and fills the freed places with new trials.
+Up to ``pack_size`` trials train at once. Trials are taken from the study's queue (see
+``hpo.trial_loop.HeldTrials``) and finished with ``study.tell``. A new trial joins the
+pack of running trials with its batch size and optimizer family, or starts a new pack
+when none runs. Each round trains every pack for one epoch, reports each member's
+validation score, prunes or finishes members, and fills the freed places with new trials.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import optuna
 import torch
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.budget import Budget, apply_budget
@@ -35,9 +36,8 @@ from hpo.objective import (
 )
 from hpo.pack import Pack, PackEpoch, PackKey, PackMember, pack_key
 from hpo.reporting import TrialReporter, batched_params
-from hpo.run_plan import WORKER_ATTR
 from hpo.space import SearchSpace, suggest_config
-from hpo.trial_loop import worker_label
+from hpo.trial_loop import HeldTrials, LoopStats
 
 _logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ _AUTO_PACK_GPU = 32
 # Below this many training rows an epoch has fewer steps, so per-step overhead weighs
 # more and a larger pack pays more (an estimate, not measured).
 _SMALL_DATA_ROWS = 20_000
+# Seconds between reads of an empty queue while other workers' trials may still be queued again.
+_EMPTY_QUEUE_WAIT_S = 1.0
 
 
 def choose_pack_size(n_rows: int, device: torch.device, *, n_trials: int | None = None) -> int:
@@ -72,6 +74,7 @@ def choose_pack_size(n_rows: int, device: torch.device, *, n_trials: int | None 
 
 def run_packed(
     study: optuna.Study,
+    backend: RDBStorage,
     space: SearchSpace,
     data: DeviceData,
     *,
@@ -79,54 +82,53 @@ def run_packed(
     metric: Metric = METRICS["accuracy"],
     budget: Budget | None = None,
     pack_size: int,
-    n_trials: int | None,
-    timeout: float | None,
     callbacks: Sequence[TrialCallback] = (),
-) -> None:
-    """Run ``n_trials`` trials (or until ``timeout``) with up to ``pack_size`` training at once.
+) -> LoopStats:
+    """Run the queued trials of ``study`` with up to ``pack_size`` of them training at once.
 
+    Trials come from the queue of the run plan (``hpo.run_plan.start_run``), as in
+    ``hpo.trial_loop.run_trials``, so the count stays exact across workers, each trial has
+    a heartbeat, and an interrupt marks every running trial failed and queues it again.
     Each trial stores the same user attributes as a trial run by ``hpo.objective.Objective``,
-    and a trial that raises while it is asked fails alone. A callback may call
-    ``study.stop()``: running trials then finish, and no new trial starts.
+    and a trial that raises while it starts fails alone.
 
     Args:
-        study: The study to add trials to.
+        study: The study, with a stored run plan.
+        backend: Its RDB storage.
         space: The search space.
         data: Training and validation tensors on the device.
         seed: The study seed, from which each trial's seed is derived.
         metric: The validation metric each trial reports and returns.
         budget: Parameter and latency limits; a trial over them is pruned before it joins a pack.
         pack_size: Most trials training at once (>= 1).
-        n_trials: Trials to start in this call (None: until ``timeout``).
-        timeout: Seconds after which no new trial starts (None: no limit).
         callbacks: Called with the study and each finished trial, as in ``study.optimize``.
+
+    Returns:
+        The trials this worker ended, by outcome.
+
+    Raises:
+        StudyError: When the study has no run plan, or trials failed too often in a row.
+        KeyboardInterrupt: On SIGINT or SIGTERM (inside ``hpo.trial_loop.interrupt_handlers``),
+            after the running trials were marked failed and queued again.
     """
     if pack_size < 1:
         raise ValueError(f"pack_size must be >= 1; got {pack_size}")
-    runner = _PackRunner(study, space, data, seed=seed, metric=metric, budget=budget, callbacks=callbacks)
-    deadline = None if timeout is None else time.monotonic() + timeout
-
-    def may_start() -> bool:
-        if study._stop_flag:
-            return False
-        if n_trials is not None and runner.n_started >= n_trials:
-            return False
-        return deadline is None or time.monotonic() < deadline
-
-    # NOTE: marks the study as inside an optimize loop (Optuna's private flag, checked with
-    # optuna 5.1), so that callbacks may call study.stop() as they do under study.optimize.
-    study._stop_flag = False
-    study._thread_local.in_optimize_loop = True
-    try:
+    with HeldTrials(study, backend, callbacks=callbacks) as held:
+        runner = _PackRunner(study, space, data, seed=seed, metric=metric, budget=budget, held=held)
+        next_take = 0.0
         while True:
-            while runner.n_running < pack_size and may_start():
-                runner.start_trial()
-            if runner.n_running == 0:
+            # While the packs train, an empty queue is read again at most once a second.
+            if runner.n_running == 0 or time.monotonic() >= next_take:
+                while runner.n_running < pack_size and (trial := held.take()) is not None:
+                    runner.start_trial(trial)
+                next_take = time.monotonic() + _EMPTY_QUEUE_WAIT_S
+            if runner.n_running > 0:
+                runner.run_round()
+            elif held.should_wait():
+                time.sleep(_EMPTY_QUEUE_WAIT_S)
+            else:
                 break
-            runner.run_round()
-    finally:
-        study._thread_local.in_optimize_loop = False
-        runner.abandon()
+    return held.stats
 
 
 class _PackRunner:
@@ -141,7 +143,7 @@ class _PackRunner:
         seed: int,
         metric: Metric,
         budget: Budget | None,
-        callbacks: Sequence[TrialCallback],
+        held: HeldTrials,
     ) -> None:
         self.study = study
         self.space = space
@@ -149,21 +151,18 @@ class _PackRunner:
         self.seed = seed
         self.metric = metric
         self.budget = budget
-        self.callbacks = callbacks
+        self.held = held
         self.reporter = TrialReporter(study)
         self.device_name = describe_device(data.device)
         self.packs: dict[PackKey, Pack] = {}
         self.curves: dict[int, list[float]] = {}
-        self.n_started = 0
 
     @property
     def n_running(self) -> int:
         return sum(len(pack) for pack in self.packs.values())
 
-    def start_trial(self) -> None:
-        trial = self.study.ask()
-        self.n_started += 1
-        self.reporter.set_user_attr(trial, WORKER_ATTR, worker_label())
+    def start_trial(self, trial: optuna.Trial) -> None:
+        """Suggest the trial's configuration and add its network to the pack of its key."""
         try:
             with batched_params(trial):
                 config = suggest_config(trial, self.space, task=self.data.task)
@@ -205,15 +204,6 @@ class _PackRunner:
                 del self.packs[key]
                 free_device_memory(self.data.device)
         self.reporter.flush_if_due()
-
-    def abandon(self) -> None:
-        """Fail the trials still running when the loop ends by an exception."""
-        for pack in list(self.packs.values()):
-            for member in list(pack.members):
-                pack.remove(member)
-                self.reporter.set_user_attr(member.tag, REASON_ATTR, "interrupted while training in a pack")
-                self._finish(member.tag, state=TrialState.FAIL)
-        self.packs.clear()
 
     def _handle(self, pack: Pack, outcome: PackEpoch) -> None:
         member = outcome.member
@@ -258,7 +248,12 @@ class _PackRunner:
             self._finish(member.tag, state=TrialState.FAIL)
 
     def _finish(self, trial: optuna.Trial, *, value: float | None = None, state: TrialState | None = None) -> None:
-        frozen = self.reporter.tell(trial, value, state=state)
-        for callback in self.callbacks:
-            callback(self.study, frozen)
+        try:
+            frozen = self.reporter.tell(trial, value, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker failed the trial as lost (no heartbeat for the grace period), and
+            # its parameters are queued again, so this result is dropped.
+            frozen = self.study._storage.get_trial(trial._trial_id)
+            _logger.warning("Trial %d was marked %s by another worker while it trained; its result is dropped.", trial.number, frozen.state.name)
+        self.held.ended(frozen)
 

@@ -19,7 +19,7 @@ from hpo.baseline import record_baseline, warn_if_skewed
 from hpo.budget import Budget
 from hpo.cv import MAX_FOLDS, CrossValidationObjective, fold_data
 from hpo.data import BUILTIN_DATASETS, DEFAULT_DATASET, SplitIndices, SplitSpec, Table
-from hpo.device import plan_placements, resolve_device, threads_from_env, training_threads
+from hpo.device import WorkerPlacement, plan_placements, resolve_device, threads_from_env, training_threads
 from hpo.engine import DeviceData
 from hpo.events import log_trial_end, with_start_event
 from hpo.exceptions import InputError, StudyError
@@ -229,8 +229,6 @@ def optimize(
         n_cuda_devices=torch.cuda.device_count() if torch.cuda.is_available() else 0,
         n_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
     )
-    if pack != 1 and len(placements) > 1:
-        raise InputError("--pack trains its packs in one process, so it does not combine with several --workers yet; drop one of them.")
     if len(placements) == 1 and placements[0].gpu is not None:
         # One worker runs in this process, on the planned GPU.
         torch_device = torch.device("cuda", int(gpus[0]) if gpus else torch_device.index or 0)
@@ -319,31 +317,41 @@ def optimize(
     progress = StudyProgress(study, n_trials) if show_progress_bar else None
     if progress is not None:
         callbacks.append(progress)
-    pack_size = choose_pack_size(len(parts[0].y_train), torch_device, n_trials=n_trials) if pack == "auto" else int(pack)
+    pack_size = 1 if setup.cv else _pack_size(pack, len(parts[0].y_train), placements, torch_device, n_trials)
     threads = training_threads(torch_device) if len(placements) == 1 else nullcontext()
     with progress or nullcontext(), translated_storage_errors(url), threads:
         start_run(study, n_trials, timeout=timeout, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         if len(placements) > 1:
             from hpo.workers import run_workers
 
-            run_workers(study, storage_obj, url, placements, worker_args=worker_args)
-        elif placements and pack_size > 1 and not setup.cv:
-            # The packs take the queued trials through study.ask, so the count stays exact.
-            # NOTE: packed trials have no heartbeat, so a killed packed run leaves RUNNING trials.
-            _logger.info("Training up to %d trials at once in packs.", pack_size)
-            run_packed(
-                study, setup.space, parts[0], seed=setup.seed, metric=metric_obj, budget=setup.budget,
-                pack_size=pack_size, n_trials=n_trials, timeout=timeout, callbacks=callbacks,
-            )
+            pack_args = ["--pack", str(pack_size)] if pack_size > 1 else []
+            run_workers(study, storage_obj, url, placements, worker_args=[*worker_args, *pack_args])
         elif placements:
-            from hpo.trial_loop import run_trials
+            if pack_size > 1:
+                _logger.info("Training up to %d trials at once in packs.", pack_size)
+                stats = run_packed(
+                    study, storage_obj, setup.space, parts[0], seed=setup.seed, metric=metric_obj, budget=setup.budget,
+                    pack_size=pack_size, callbacks=callbacks,
+                )
+            else:
+                from hpo.trial_loop import run_trials
 
-            stats = run_trials(study, storage_obj, with_start_event(objective), device=torch_device, callbacks=callbacks)
+                stats = run_trials(study, storage_obj, with_start_event(objective), device=torch_device, callbacks=callbacks)
             if stats.n_failed and not (stats.n_complete or stats.n_pruned):
                 save_learning_curves(study)
                 raise StudyError(f"no trial of this run completed: {stats.n_failed} failed; last reason: {stats.last_reason}")
     save_learning_curves(study)
     return study
+
+
+def _pack_size(pack: int | str, n_rows: int, placements: Sequence[WorkerPlacement], device: torch.device, n_trials: int | None) -> int:
+    """Return the pack size of each worker: ``pack`` itself, or one chosen for its rows, device and share of the trials."""
+    if pack != "auto":
+        return int(pack)
+    if len(placements) > 1:
+        device = torch.device("cuda" if placements[0].gpu is not None else placements[0].device)
+    share = None if n_trials is None else math.ceil(n_trials / max(1, len(placements)))
+    return choose_pack_size(n_rows, device, n_trials=share)
 
 
 def build_objective(setup: StudySetup, table: Table, split: SplitIndices, device: torch.device) -> tuple[Objective, list[DeviceData]]:

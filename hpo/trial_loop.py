@@ -142,6 +142,89 @@ def run_trials(
     return stats
 
 
+class HeldTrials:
+    """The queued trials that one worker takes, trains several at a time, and ends.
+
+    A worker that trains several trials at once (``hpo.pack_runner``) gets from it what
+    ``run_trials`` does for one trial at a time. Trials come from the queue of the run plan,
+    each gets a heartbeat, and the stale-trial check runs. Outcomes are counted, and too
+    many failures in a row stop the study. When the block ends by an exception, every held
+    trial is marked failed and queued again.
+
+    Raises:
+        StudyError: When the study has no run plan (on entering), or trials failed too
+            often in a row (in ``ended``).
+    """
+
+    def __init__(self, study: optuna.Study, backend: RDBStorage, *, callbacks: Sequence[Callback] = ()) -> None:
+        plan = load_plan(study)
+        if plan is None:
+            raise StudyError(f"study {study.study_name!r} has no queued run; start one with 'hpo optimize --study {study.study_name}'.")
+        self.study = study
+        self.backend = backend
+        self.callbacks = callbacks
+        self.stats = LoopStats()
+        self.trial_ids: set[int] = set()
+        self._plan = plan
+        self._finder = StaleTrialFinder(backend, study._study_id, plan.grace_period)
+        self._heartbeat = Heartbeat(study, self._finder, plan.heartbeat_interval)
+        self._failures = _FailureRun()
+        self._label = worker_label()
+
+    def __enter__(self) -> HeldTrials:
+        watch_storage(self.backend)
+        call_with_retries("fail stale trials", fail_stale_trials, self.study, self._finder)
+        self._heartbeat.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, traceback: types.TracebackType | None) -> None:
+        try:
+            if err is not None:
+                for trial_id in sorted(self.trial_ids):
+                    self._heartbeat.discard(trial_id)
+                    _release_trial(self.study, self.backend, trial_id, err)
+                self.trial_ids.clear()
+        finally:
+            self._heartbeat.stop()
+
+    def take(self) -> optuna.Trial | None:
+        """Take the next queued trial and start its heartbeat; None when there is none to take now."""
+        plan = _current_plan(self.study)
+        if plan is None or not _should_continue(self.study, plan):
+            return None
+        self._plan = plan
+        with _interrupts.deferred():
+            trial_id = _take_trial(self.study, self.backend, plan)
+            if trial_id is not None:
+                self.trial_ids.add(trial_id)
+                self._heartbeat.add(trial_id)
+                call_with_retries("set_trial_user_attr", self.backend.set_trial_user_attr, trial_id, WORKER_ATTR, self._label)
+        if _interrupts.pending:
+            raise KeyboardInterrupt(_interrupts.signal_name)
+        if trial_id is None:
+            return None
+        # Creating the trial runs the sampler, so an interrupt may arrive here; __exit__ releases the trial.
+        return optuna.trial.Trial(self.study, trial_id)
+
+    def should_wait(self) -> bool:
+        """Return whether to wait and take again: the queue is empty, but other workers' trials may still be queued again."""
+        return _should_wait_for_others(self.study, self.backend, self._plan)
+
+    def ended(self, frozen: FrozenTrial) -> None:
+        """Record the end of a held trial: stop its heartbeat, count its outcome and run the callbacks."""
+        self.trial_ids.discard(frozen._trial_id)
+        self._heartbeat.discard(frozen._trial_id)
+        _count(self.stats, frozen)
+        for callback in self.callbacks:
+            callback(self.study, frozen)
+
+        self._failures.add(frozen)
+        if self._failures.count >= MAX_CONSECUTIVE_FAILURES:
+            message = f"stopped after {self._failures.count} failed trials in a row; last reason: {self._failures.last_reason}"
+            call_with_retries("set_study_user_attr", self.study.set_user_attr, STOP_ATTR, message)
+            raise StudyError(message)
+
+
 @contextmanager
 def interrupt_handlers() -> Iterator[None]:
     """Turn SIGINT and SIGTERM into one ``KeyboardInterrupt`` in the main thread, inside the block.

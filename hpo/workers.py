@@ -25,6 +25,8 @@ from hpo.concurrency import short_error
 from hpo.device import WorkerPlacement, default_threads, resolve_device, set_torch_threads
 from hpo.exceptions import StudyError
 from hpo.heartbeat import StaleTrialFinder, fail_lost_trial, fail_stale_trials
+from hpo.metrics import METRICS
+from hpo.pack_runner import choose_pack_size, run_packed
 from hpo.parent_watch import PARENT_PID_ENV, ParentWatch
 from hpo.prepare import load_and_split
 from hpo.run_plan import WORKER_ATTR, count_finished, load_plan, stop_reason
@@ -54,7 +56,7 @@ class _Worker:
         return f"{socket.gethostname()}:{self.process.pid}"
 
 
-def run_worker(study_name: str, storage: str | None = None, *, device: str = "auto", n_threads: int | None = None) -> LoopStats:
+def run_worker(study_name: str, storage: str | None = None, *, device: str = "auto", n_threads: int | None = None, pack: int | str = 1) -> LoopStats:
     """Join an existing study as one worker and run its queued trials.
 
     The study stores its data, search space and settings, so nothing else is needed; the
@@ -67,6 +69,9 @@ def run_worker(study_name: str, storage: str | None = None, *, device: str = "au
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         n_threads: Torch threads of this process (default: ``$HPO_TORCH_THREADS``, else 1 on
             a CPU and torch's default on other devices).
+        pack: Most trials of this worker trained together (``hpo.pack``), or ``auto`` to
+            choose from the training rows and the device; a study with cross-validation
+            trains one trial at a time.
 
     Returns:
         The trials this worker ended, by outcome.
@@ -80,13 +85,13 @@ def run_worker(study_name: str, storage: str | None = None, *, device: str = "au
     if parent_watch is not None:
         parent_watch.start()
     try:
-        return _join_and_run(study_name, storage, device=device, n_threads=n_threads)
+        return _join_and_run(study_name, storage, device=device, n_threads=n_threads, pack=pack)
     finally:
         if parent_watch is not None:
             parent_watch.stop()
 
 
-def _join_and_run(study_name: str, storage: str | None, *, device: str, n_threads: int | None) -> LoopStats:
+def _join_and_run(study_name: str, storage: str | None, *, device: str, n_threads: int | None, pack: int | str) -> LoopStats:
     torch_device = resolve_device(device)
     set_torch_threads(default_threads(torch_device, n_threads))
     url = resolve_storage_url(storage, study_name)
@@ -102,8 +107,17 @@ def _join_and_run(study_name: str, storage: str | None, *, device: str, n_thread
         sampler=optuna.samplers.TPESampler(seed=(setup.seed + n_existing + 7919 * (index + 1)) % 2**31),
         pruner=build_pruner(setup.pruner, setup.space.max_epochs, n_folds=setup.cv),
     )
-    objective, _ = build_objective(setup, table, split_indices, torch_device)
-    _logger.info("Worker %d joined study %r in %s on %s with %d torch threads.", os.getpid(), study_name, mask_password(url), torch_device, set_torch_threads())
+    objective, parts = build_objective(setup, table, split_indices, torch_device)
+    pack_size = 1 if setup.cv else choose_pack_size(len(parts[0].y_train), torch_device) if pack == "auto" else int(pack)
+    _logger.info(
+        "Worker %d joined study %r in %s on %s with %d torch threads%s.", os.getpid(), study_name, mask_password(url),
+        torch_device, set_torch_threads(), f" and packs of up to {pack_size} trials" if pack_size > 1 else "",
+    )
+    if pack_size > 1:
+        return run_packed(
+            study, backend, setup.space, parts[0], seed=setup.seed, metric=METRICS[setup.metric], budget=setup.budget,
+            pack_size=pack_size, callbacks=[log_trial_end],
+        )
     return run_trials(study, backend, with_start_event(objective), device=torch_device, callbacks=[log_trial_end])
 
 

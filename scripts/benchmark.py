@@ -6,7 +6,8 @@ Contenders, in order:
   c. scikit-learn's MLPClassifier under RandomizedSearchCV, n_jobs set to the cores;
   d. hpo with its defaults;
   e. hpo with packed trials (--pack auto);
-  f. hpo with one worker process per core (--workers N).
+  f. hpo with one worker process per core (--workers N);
+  g. hpo with packed trials in one worker process per core (--pack auto --workers N).
 Every contender trains on the same training rows and scores the same validation rows (hpo's
 own 60/20/20 split and preprocessing). The script prints a Markdown table of trials per
 minute, network-epochs per second, best validation accuracy and log-loss, the wall time
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         ("d. hpo, defaults", lambda: _hpo(csv, arrays, args, workdir)),
         ("e. hpo, --pack auto", lambda: _hpo(csv, arrays, args, workdir, pack="auto")),
         (f"f. hpo, --workers {os.cpu_count()}", lambda: _hpo(csv, arrays, args, workdir, workers=os.cpu_count())),
+        (f"g. hpo, --pack auto --workers {os.cpu_count()}", lambda: _hpo(csv, arrays, args, workdir, pack="auto", workers=os.cpu_count())),
     ]
     chosen = [(name, run) for name, run in contenders if name[0] in args.contenders]
     outcomes = []
@@ -129,7 +131,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hpo-max-epochs", type=int, help="max_epochs of (d) and (e) (default: hpo's default)")
     parser.add_argument("--mark", type=float, default=0.913, help="validation accuracy whose first reach is timed (default: 0.913)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every sampler and of --rows (default: 0)")
-    parser.add_argument("--contenders", default="abcdef", help="letters of the contenders to run; ratios are to the first one run (default: abcdef)")
+    parser.add_argument("--contenders", default="abcdefg", help="letters of the contenders to run; ratios are to the first one run (default: abcdefg)")
     parser.add_argument("--rows", type=int, help="use a seeded random sample of this many rows of the table (default: all rows)")
     return parser.parse_args(argv)
 
