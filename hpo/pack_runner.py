@@ -113,13 +113,22 @@ def run_packed(
     """
     if pack_size < 1:
         raise ValueError(f"pack_size must be >= 1; got {pack_size}")
+    n_ended_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     with HeldTrials(study, backend, callbacks=callbacks) as held:
         runner = _PackRunner(study, space, data, seed=seed, metric=metric, budget=budget, held=held)
+
+        def capacity() -> int:
+            # Slow start: one more place per ended trial, up to pack_size. Eight trials started
+            # at once on a new study all ran to the end, since the pruner compares a trial with
+            # ended ones only; that made a 20-trial search slower than one trial at a time.
+            n_ended = n_ended_before + held.stats.n_complete + held.stats.n_pruned
+            return min(pack_size, 1 + n_ended)
+
         next_take = 0.0
         while True:
             # While the packs train, an empty queue is read again at most once a second.
             if runner.n_running == 0 or time.monotonic() >= next_take:
-                while runner.n_running < pack_size and (trial := held.take()) is not None:
+                while runner.n_running < capacity() and (trial := held.take()) is not None:
                     runner.start_trial(trial)
                 next_take = time.monotonic() + _EMPTY_QUEUE_WAIT_S
             if runner.n_running > 0:

@@ -72,3 +72,16 @@ def test_optimize_packed_over_budget_prunes_before_training() -> None:
         assert trial.state == optuna.trial.TrialState.PRUNED
         assert trial.user_attrs["reason"].startswith("over budget")
         assert trial.user_attrs["epochs_run"] == 0
+
+
+def test_optimize_packed_slow_start_grows_pack_as_trials_end() -> None:
+    study = optimize(n_trials=5, space=SPACE, device="cpu", study_name="slow", pruner="none", pack=4)
+    trials = study.trials
+
+    def overlap_at_start(trial: optuna.trial.FrozenTrial) -> int:
+        return sum(1 for other in trials if other.number < trial.number and other.datetime_complete > trial.datetime_start)
+
+    # The first trial trains alone, the second joins once one trial has ended, and so on.
+    assert trials[1].datetime_start >= trials[0].datetime_complete
+    assert all(overlap_at_start(trial) <= len([t for t in trials if t.datetime_complete <= trial.datetime_start]) for trial in trials)
+    assert max(overlap_at_start(trial) for trial in trials) >= 1
