@@ -42,6 +42,7 @@ from hpo.storage import (
     validate_study_name,
 )
 from hpo.storage_errors import translated_storage_errors
+from hpo.trial_loop import LoopStats, run_trials
 from hpo.warm_start import N_WARM_START_TRIALS, enqueue_best_trials, next_study_name
 
 _logger = logging.getLogger(__name__)
@@ -318,25 +319,28 @@ def optimize(
     if progress is not None:
         callbacks.append(progress)
     pack_size = 1 if setup.cv else _pack_size(pack, len(parts[0].y_train), placements, torch_device, n_trials)
-    threads = training_threads(torch_device) if len(placements) == 1 else nullcontext()
+    # With several CPU workers, this process is the first of them, so the first trial starts at once.
+    is_local_worker = len(placements) > 1 and all(p.gpu is None and p.device == "cpu" for p in placements)
+
+    def run_here() -> LoopStats:
+        if pack_size > 1:
+            _logger.info("Training up to %d trials at once in packs.", pack_size)
+            return run_packed(
+                study, storage_obj, setup.space, parts[0], seed=setup.seed, metric=metric_obj, budget=setup.budget,
+                pack_size=pack_size, callbacks=callbacks,
+            )
+        return run_trials(study, storage_obj, with_start_event(objective), device=torch_device, callbacks=callbacks)
+
+    threads = training_threads(torch_device) if len(placements) == 1 or is_local_worker else nullcontext()
     with progress or nullcontext(), translated_storage_errors(url), threads:
         start_run(study, n_trials, timeout=timeout, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
         if len(placements) > 1:
             from hpo.workers import run_workers
 
             pack_args = ["--pack", str(pack_size)] if pack_size > 1 else []
-            run_workers(study, storage_obj, url, placements, worker_args=[*worker_args, *pack_args])
+            run_workers(study, storage_obj, url, placements, worker_args=[*worker_args, *pack_args], local_run=run_here if is_local_worker else None)
         elif placements:
-            if pack_size > 1:
-                _logger.info("Training up to %d trials at once in packs.", pack_size)
-                stats = run_packed(
-                    study, storage_obj, setup.space, parts[0], seed=setup.seed, metric=metric_obj, budget=setup.budget,
-                    pack_size=pack_size, callbacks=callbacks,
-                )
-            else:
-                from hpo.trial_loop import run_trials
-
-                stats = run_trials(study, storage_obj, with_start_event(objective), device=torch_device, callbacks=callbacks)
+            stats = run_here()
             if stats.n_failed and not (stats.n_complete or stats.n_pruned):
                 save_learning_curves(study)
                 raise StudyError(f"no trial of this run completed: {stats.n_failed} failed; last reason: {stats.last_reason}")

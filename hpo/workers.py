@@ -13,8 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -129,8 +130,14 @@ def run_workers(
     *,
     worker_args: Sequence[str] = (),
     stop_timeout: float = STOP_TIMEOUT_S,
+    local_run: Callable[[], object] | None = None,
 ) -> None:
     """Start one ``hpo worker`` process per placement on ``study`` and wait until all end.
+
+    With ``local_run``, this process is the first worker: it starts processes for the
+    other placements and then runs ``local_run`` (its own trial loop, on the device of the
+    first placement) while a thread watches the processes. Its first trial then starts
+    without waiting for a new interpreter to import torch and load the data.
 
     While they run, this process fails the trials of workers that died and, every
     heartbeat interval, any stale trial of the study, so that no trial stays RUNNING.
@@ -146,6 +153,8 @@ def run_workers(
         placements: One per worker process.
         worker_args: Extra ``hpo`` options for each worker, such as ``--quiet``.
         stop_timeout: Seconds between SIGTERM and SIGKILL when stopping.
+        local_run: Runs this process's share of the trials; it must take queued trials
+            (``hpo.trial_loop.run_trials`` or ``hpo.pack_runner.run_packed``).
 
     Raises:
         StudyError: When a worker stopped the study, or the workers ended before the goal.
@@ -156,8 +165,11 @@ def run_workers(
         raise StudyError(f"study {study.study_name!r} has no queued run.")
     watch_storage(backend)
     finder = StaleTrialFinder(backend, study._study_id, plan.grace_period)
-    workers = [_start(study.study_name, storage_url, index, placement, worker_args) for index, placement in enumerate(placements)]
+    first = 1 if local_run is not None else 0
+    workers = [_start(study.study_name, storage_url, index, placements[index], worker_args) for index in range(first, len(placements))]
     try:
+        if local_run is not None:
+            _run_beside(local_run, lambda stop: _watch(study, backend, finder, workers, plan.heartbeat_interval, stop=stop))
         _watch(study, backend, finder, workers, plan.heartbeat_interval)
     except BaseException as err:
         _logger.warning("Stopping %d workers (%s).", len(workers), type(err).__name__)
@@ -181,11 +193,41 @@ def _start(study_name: str, storage_url: str, index: int, placement: WorkerPlace
     return _Worker(index=index, process=process, placement=placement)
 
 
-def _watch(study: optuna.Study, backend: RDBStorage, finder: StaleTrialFinder, workers: list[_Worker], interval: float) -> None:
+def _run_beside(local_run: Callable[[], object], watch: Callable[[threading.Event], None]) -> None:
+    """Run ``local_run`` in this thread while ``watch`` runs in another, until ``local_run`` ends."""
+    stop = threading.Event()
+
+    def watch_safely() -> None:
+        try:
+            watch(stop)
+        except Exception as err:  # the main thread watches again once its own trials end
+            _logger.warning("Watching the worker processes failed: %s", short_error(err))
+
+    watcher = threading.Thread(target=watch_safely, name="hpo-workers", daemon=True)
+    watcher.start()
+    try:
+        local_run()
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def _watch(
+    study: optuna.Study,
+    backend: RDBStorage,
+    finder: StaleTrialFinder,
+    workers: list[_Worker],
+    interval: float,
+    *,
+    stop: threading.Event | None = None,
+) -> None:
     next_sweep = time.monotonic() + interval
-    while any(worker.process.poll() is None for worker in workers):
+    while any(worker.process.poll() is None for worker in workers) and not (stop is not None and stop.is_set()):
         time.sleep(_POLL_S)
-        _clean_up_ended(study, backend, workers)
+        try:
+            _clean_up_ended(study, backend, workers)
+        except Exception as err:  # the next poll retries
+            _logger.warning("Check of ended workers failed: %s", short_error(err))
         if time.monotonic() >= next_sweep:
             try:
                 fail_stale_trials(study, finder)

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from hpo.run_plan import COUNTED_ATTR, RETRY_OF_ATTR
 from workers_helpers import (
     LONG_SPACE,
+    SHORT_SPACE,
     TINY_SPACE,
     assert_goal_met,
     kill_group,
@@ -51,7 +52,7 @@ def test_workers_four_on_sqlite_finish_exact_count(tmp_path: Path) -> None:
     # A dashboard-like reader polls the file with Optuna's default settings meanwhile.
     reader = subprocess.Popen([sys.executable, "-c", _READER, storage], stderr=subprocess.PIPE, text=True)
     try:
-        result = run_hpo("optimize", "--study", "shared", "--storage", storage, "--n-trials", "20", "--workers", "4", "--device", "cpu", *TINY_SPACE, cwd=tmp_path)
+        result = run_hpo("optimize", "--study", "shared", "--storage", storage, "--n-trials", "20", "--workers", "4", "--device", "cpu", *SHORT_SPACE, cwd=tmp_path)
     finally:
         reader_alive = reader.poll() is None
         reader.kill()
@@ -85,7 +86,8 @@ def test_workers_sigkill_of_one_worker_retries_its_trial(tmp_path: Path) -> None
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     process = start_hpo("optimize", "--study", "shared", "--storage", storage, "--n-trials", "4", "--workers", "2", "--device", "cpu", *LONG_SPACE, cwd=tmp_path)
     try:
-        victim = wait_for(lambda: running_trial_with_worker("shared", storage), 120, "a running trial")
+        # The optimize process is the first worker itself, so the victim is the spawned one.
+        victim = wait_for(lambda: running_trial_with_worker("shared", storage, exclude_pid=process.pid), 120, "a running trial of the spawned worker")
         time.sleep(0.5)
         os.kill(worker_pid(victim), signal.SIGKILL)
         _, stderr = process.communicate(timeout=240)
@@ -164,9 +166,9 @@ def test_workers_interrupt_then_rerun_finishes(tmp_path: Path, signum: int) -> N
 
 def test_workers_stop_when_optimize_killed(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    process = start_hpo("optimize", "--study", "shared", "--storage", storage, "--n-trials", "10", "--workers", "2", "--device", "cpu", *LONG_SPACE, cwd=tmp_path)
+    process = start_hpo("optimize", "--study", "shared", "--storage", storage, "--n-trials", "10", "--workers", "3", "--device", "cpu", *LONG_SPACE, cwd=tmp_path)
     try:
-        running = wait_for(lambda: running_trials_of_workers("shared", storage, 2), 120, "two workers with running trials")
+        running = wait_for(lambda: running_trials_of_workers("shared", storage, 3), 120, "three workers with running trials")
         os.kill(process.pid, signal.SIGKILL)
         started = time.monotonic()
         # The workers share the pipes of the killed process, so they are read to the end only once both exited.
@@ -176,13 +178,17 @@ def test_workers_stop_when_optimize_killed(tmp_path: Path) -> None:
         kill_group(process)
 
     trials = load_trials("shared", storage)
+    spawned = [trial for trial in running if worker_pid(trial) != process.pid]
+    assert len(spawned) == 2
     assert stop_seconds < 20
     assert stderr.count("is gone; stopping as on SIGTERM") == 2, stderr
-    assert all(process_ended(worker_pid(trial)) for trial in running)
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    for trial in running:
+    assert all(process_ended(worker_pid(trial)) for trial in spawned)
+    for trial in spawned:
         assert trials[trial.number].user_attrs["reason"] == "interrupted by SIGTERM"
         assert [t.state for t in trials if t.user_attrs.get(RETRY_OF_ATTR) == trial.number] == [TrialState.WAITING]
+    # The killed process's own trial waits for the stale-trial check of the next run, as after
+    # a one-process run is killed.
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == [t.number for t in running if worker_pid(t) == process.pid]
 
 
 def test_worker_watches_parent_only_when_spawned(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ from hpo.storage import with_installed_driver
 
 # A tiny trial: one small hidden layer, a few epochs on the 1,000-row synthetic set.
 TINY_SPACE = ["--space", "n_layers=1", "--space", "n_units=8", "--space", "batch_size=128", "--max-epochs", "2"]
+# Trials of about half a second, so that spawned workers start in time to take some.
+SHORT_SPACE = ["--space", "n_layers=1", "--space", "n_units=8", "--space", "batch_size=16", "--space", "patience=500", "--max-epochs", "20", "--pruner", "none"]
 # A trial long enough (a few seconds) to be killed or interrupted while it runs.
 LONG_SPACE = ["--space", "n_layers=1", "--space", "n_units=8", "--space", "batch_size=16", "--space", "patience=500", "--max-epochs", "120", "--pruner", "none"]
 
@@ -53,14 +55,14 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def running_trial_with_worker(study_name: str, storage: str) -> FrozenTrial | None:
-    """Return a RUNNING trial that already names its worker, or None."""
+def running_trial_with_worker(study_name: str, storage: str, *, exclude_pid: int | None = None) -> FrozenTrial | None:
+    """Return a RUNNING trial that already names its worker (other than process ``exclude_pid``), or None."""
     try:
         trials = load_trials(study_name, storage)
     except KeyError:
         return None
     for trial in trials:
-        if trial.state == TrialState.RUNNING and "worker" in trial.user_attrs:
+        if trial.state == TrialState.RUNNING and "worker" in trial.user_attrs and worker_pid(trial) != exclude_pid:
             return trial
     return None
 
