@@ -112,7 +112,7 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", action="append", default=[], metavar="KEY=VALUE", help=f"override one search-space entry, VALUE in TOML syntax, e.g. n_layers=[1,3] or activation=\"relu\"; repeatable. Keys: {', '.join(f.name for f in fields(SearchSpace))}")
     p.add_argument("--max-epochs", type=int, help="maximum epochs per trial (default: 30)")
     p.add_argument("--pack", type=_pack_size, help="train up to K trials of each worker together as one stacked computation, or 'auto' to size packs from the data and device (default: 1, one trial at a time)")
-    p.add_argument("--workers", type=int, help="worker processes sharing the trials (default: one per visible GPU, else 1; 0 only queues the trials for 'hpo worker')")
+    p.add_argument("--workers", type=int, help="workers sharing the trials (default: one per visible GPU; on a CPU one per core, at most 8 and one per 4 trials; 0 only queues the trials for 'hpo worker')")
     p.add_argument("--gpus", type=_int_list, help="comma-separated CUDA device indices for the workers, e.g. 0,1 (default: all visible)")
     p.add_argument("--workers-per-gpu", type=int, help="workers sharing each GPU (default: 1)")
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats of a running trial (default: 5)")

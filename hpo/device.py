@@ -175,6 +175,26 @@ def threads_from_env() -> int | None:
     return int(text)
 
 
+# A started worker spends a few seconds of one core before its first trial (a new interpreter
+# imports torch and loads the data; an estimate from 2-core runs), so a default worker is
+# started for every 4 trials at most.
+_TRIALS_PER_DEFAULT_WORKER = 4
+# The largest worker count measured on one SQLite file without lock errors (docs/workers.md).
+_MAX_DEFAULT_WORKERS = 8
+
+
+def default_cpu_workers(n_cpus: int, n_trials: int | None) -> int:
+    """Return the worker count of a CPU run that does not set one: one per core, within limits.
+
+    Training uses one thread per process, so a single process would leave the other cores
+    idle. The count is capped at 8, and at one worker per 4 trials of ``n_trials``.
+    """
+    count = min(n_cpus, _MAX_DEFAULT_WORKERS)
+    if n_trials is not None:
+        count = min(count, n_trials // _TRIALS_PER_DEFAULT_WORKER)
+    return max(1, count)
+
+
 def default_threads(device: torch.device, n_threads: int | None = None) -> int | None:
     """Return the torch threads of a process that trains on ``device``, or None for torch's count.
 

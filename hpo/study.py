@@ -19,7 +19,7 @@ from hpo.baseline import record_baseline, warn_if_skewed
 from hpo.budget import Budget
 from hpo.cv import MAX_FOLDS, CrossValidationObjective, fold_data
 from hpo.data import BUILTIN_DATASETS, DEFAULT_DATASET, SplitIndices, SplitSpec, Table
-from hpo.device import WorkerPlacement, plan_placements, resolve_device, threads_from_env, training_threads
+from hpo.device import WorkerPlacement, default_cpu_workers, plan_placements, resolve_device, threads_from_env, training_threads
 from hpo.engine import DeviceData
 from hpo.events import log_trial_end, with_start_event
 from hpo.exceptions import InputError, StudyError
@@ -182,8 +182,10 @@ def optimize(
             (``hpo.pack``); 1 trains one trial at a time, ``auto`` picks a size from the
             training rows and the device. Packs train on one validation split, so they
             do not combine with ``cv``.
-        workers: Worker processes. None: one per visible GPU, else one; a single worker
-            runs in this process. 0 only stores the goal and the queued trials, for
+        workers: Workers. None: one per visible GPU; on a CPU, one per core, at most 8 and
+            at most one per 4 trials (``hpo.device.default_cpu_workers``); else one. A
+            single worker runs in this process, and on a CPU this process is the first of
+            several. 0 only stores the goal and the queued trials, for
             ``hpo worker`` processes started elsewhere.
         gpus: CUDA device indices to use (default: all visible).
         workers_per_gpu: Workers sharing each GPU (default 1).
@@ -225,10 +227,12 @@ def optimize(
         raise InputError(f"the grace period must exceed the heartbeat interval, and both be positive; got {grace_period} and {heartbeat_interval} s.")
     torch_device = resolve_device(device)
     threads_from_env()  # a bad $HPO_TORCH_THREADS is reported before the study is written
+    n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers is None and torch_device.type == "cpu" and gpus is None and workers_per_gpu is None:
+        workers = default_cpu_workers(n_cpus, n_trials)
     placements = plan_placements(
         workers, device=device, gpus=gpus, workers_per_gpu=workers_per_gpu,
-        n_cuda_devices=torch.cuda.device_count() if torch.cuda.is_available() else 0,
-        n_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+        n_cuda_devices=torch.cuda.device_count() if torch.cuda.is_available() else 0, n_cpus=n_cpus,
     )
     if len(placements) == 1 and placements[0].gpu is not None:
         # One worker runs in this process, on the planned GPU.

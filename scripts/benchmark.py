@@ -4,10 +4,10 @@ Contenders, in order:
   a. the Optuna PyTorch example: a DataLoader at batch 128, a SQLite study reported every epoch;
   b. a tutorial-style full-batch loop of 200 epochs inside an Optuna objective;
   c. scikit-learn's MLPClassifier under RandomizedSearchCV, n_jobs set to the cores;
-  d. hpo with its defaults;
-  e. hpo with packed trials (--pack auto);
-  f. hpo with one worker process per core (--workers N);
-  g. hpo with packed trials in one worker process per core (--pack auto --workers N).
+  d. hpo with its defaults (on a CPU, one worker per core);
+  e. hpo with packed trials (--pack auto), in each worker;
+  f. hpo in one process (--workers 1);
+  g. hpo with packed trials in one process (--pack auto --workers 1).
 Every contender trains on the same training rows and scores the same validation rows (hpo's
 own 60/20/20 split and preprocessing). The script prints a Markdown table of trials per
 minute, network-epochs per second, best validation accuracy and log-loss, the wall time
@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import hpo
 import hpo.reporting
-from hpo.device import training_threads
+from hpo.device import default_cpu_workers, training_threads
 from hpo.engine import DeviceData, evaluate, train
 from hpo.model import build_mlp
 from hpo.objective import architecture
@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         ("a. Optuna example (DataLoader, batch 128, SQLite)", lambda: _optuna_example(arrays, args, workdir)),
         ("b. full-batch loop, 200 epochs", lambda: _full_batch(arrays, args, workdir)),
         ("c. scikit-learn MLPClassifier, RandomizedSearchCV", lambda: _sklearn_search(arrays, args)),
-        ("d. hpo, defaults", lambda: _hpo(csv, arrays, args, workdir)),
+        (f"d. hpo, defaults ({_default_workers(args.n_trials)} workers)", lambda: _hpo(csv, arrays, args, workdir)),
         ("e. hpo, --pack auto", lambda: _hpo(csv, arrays, args, workdir, pack="auto")),
-        (f"f. hpo, --workers {os.cpu_count()}", lambda: _hpo(csv, arrays, args, workdir, workers=os.cpu_count())),
-        (f"g. hpo, --pack auto --workers {os.cpu_count()}", lambda: _hpo(csv, arrays, args, workdir, pack="auto", workers=os.cpu_count())),
+        ("f. hpo, --workers 1", lambda: _hpo(csv, arrays, args, workdir, workers=1)),
+        ("g. hpo, --pack auto --workers 1", lambda: _hpo(csv, arrays, args, workdir, pack="auto", workers=1)),
     ]
     chosen = [(name, run) for name, run in contenders if name[0] in args.contenders]
     outcomes = []
@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(_floor_table(arrays, args))
     return 0
+
+
+def _default_workers(n_trials: int) -> int:
+    return default_cpu_workers(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), n_trials)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -328,8 +332,10 @@ def _hpo(csv: Path, arrays: Arrays, args: argparse.Namespace, workdir: Path, *, 
         )
         seconds = time.time() - started
     log_loss = _retrained_log_loss(study.best_trial, arrays)
-    # Worker processes write to the storage outside this process's timer, so no share is known.
-    storage_seconds = timer.seconds if workers is None else None
+    # Started worker processes write to the storage outside this process's timer, so the
+    # share is known only for a run in one process.
+    n_workers = workers if workers is not None else _default_workers(args.n_trials)
+    storage_seconds = timer.seconds if n_workers == 1 else None
     return _from_trials(study.trials, started, seconds, args.mark, storage_seconds, lambda t: int(t.user_attrs.get("epochs_run", 0)), lambda t: log_loss)
 
 

@@ -7,7 +7,7 @@ import torch
 
 import hpo
 
-from hpo.device import THREADS_ENV, default_threads, plan_placements, set_torch_threads, training_threads
+from hpo.device import THREADS_ENV, default_cpu_workers, default_threads, plan_placements, set_torch_threads, training_threads
 from hpo.exceptions import InputError
 
 
@@ -120,3 +120,11 @@ def test_default_threads_by_device_and_env(monkeypatch) -> None:
     monkeypatch.setenv(THREADS_ENV, "3")
     assert default_threads(torch.device("cpu")) == 3
     assert default_threads(torch.device("cpu"), 2) == 2
+
+
+@pytest.mark.parametrize(
+    ("n_cpus", "n_trials", "expected"),
+    [(2, 20, 2), (16, 20, 5), (16, 200, 8), (16, None, 8), (4, 7, 1), (4, 3, 1), (1, 100, 1)],
+)
+def test_default_cpu_workers_per_core_within_limits(n_cpus: int, n_trials: int | None, expected: int) -> None:
+    assert default_cpu_workers(n_cpus, n_trials) == expected
