@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -87,7 +88,7 @@ def _add_optimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", dest="study_name", help="study name (letters, digits, _ . -); default: the data set name or file stem")
     p.add_argument("--storage", help=_STORAGE_HELP)
     p.add_argument("--new-study", action="store_true", help="start a new study <study>-2 (or the next free suffix) when --study exists, running the old study's 5 best trials first")
-    p.add_argument("--n-trials", type=int, help="trials to add in this run (default: 20)")
+    p.add_argument("--n-trials", type=int, help="trials to add in this run (default: 20, or as many as fit in --timeout when that is given alone)")
     p.add_argument(
         "--no-starting-point", dest="starting_point", action="store_const", const=False,
         help="leave the first trial of a new study to the sampler too (default: run hpo's starting configuration first: 2 ReLU layers of 64, Adam, lr 3e-3, batch 256, values outside the space left to the sampler)",
@@ -195,6 +196,8 @@ def _run_optimize(args: argparse.Namespace) -> int:
         space_values[key] = value
     if args.max_epochs is not None:
         space_values["max_epochs"] = args.max_epochs
+    if options.get("timeout") is not None and "n_trials" not in options:
+        options["n_trials"] = None  # a time limit alone runs trials until it passes
 
     if space_values:
         SearchSpace.from_dict(space_values, origin=args.config or "--space")  # reports errors with their origin
@@ -210,10 +213,16 @@ def _run_optimize(args: argparse.Namespace) -> int:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    from hpo.parent_watch import PARENT_PID_ENV
     from hpo.workers import run_worker
 
     stats = run_worker(args.study_name, args.storage, device=args.device, n_threads=args.threads, pack=args.pack)
-    print(f"Worker ended {stats.n_complete} complete, {stats.n_pruned} pruned and {stats.n_failed} failed trials.")
+    summary = f"Worker ended {stats.n_complete} complete, {stats.n_pruned} pruned and {stats.n_failed} failed trials."
+    if PARENT_PID_ENV in os.environ:
+        # A worker started by 'hpo optimize' shares its stdout, which scripts read for the study summary alone.
+        _logger.info(summary)
+    else:
+        print(summary)
     return EXIT_OK
 
 

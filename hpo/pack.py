@@ -4,7 +4,7 @@ The pack stacks its members' weights along a leading member dimension, so each l
 one batched matrix product (``torch.baddbmm``) for all members. Every member keeps its
 own weights, seed, batch order, learning rate, weight decay, optimizer state, dropout,
 activation and learning curve, so it trains as it would alone (see ``train`` in
-``hpo.engine``), up to float rounding.
+``hpo.engine``), up to float rounding, unless it has dropout.
 
 Members of different widths and depths share a pack. Each layer is zero-padded to the
 widest member, which is exact because every activation maps 0 to 0: a padded unit outputs
@@ -200,8 +200,9 @@ class _Stack:
     On 2 CPU cores, the per-tensor update had taken two thirds of a batch-128 step.
 
     A member shallower than the deepest one passes through identity layers between its
-    last hidden layer and its output layer: identity weights that never train, no
-    activation and no dropout, so its outputs and gradients are those of its own network.
+    last hidden layer and its output layer. These have identity weights that never train,
+    no activation and no dropout, so the member's outputs and gradients are those of its
+    own network.
     Members are ordered by activation and then by depth, so that each activation applies
     to few contiguous slices of the member dimension.
     """
@@ -335,7 +336,8 @@ class _Stack:
             else:
                 loss = functional.cross_entropy(outputs.transpose(1, 2), target, reduction="none").mean(dim=1)
             if metric.name == "accuracy":
-                scores = (outputs.argmax(dim=2) == target).float().mean(dim=1).tolist()
+                # In double precision, as compute_metric does for a lone network.
+                scores = (outputs.argmax(dim=2) == target).double().mean(dim=1).tolist()
             else:
                 scores = [compute_metric(metric.name, outputs[k], y, y_scale=data.y_scale) for k in range(n_members)]
         return scores, loss
@@ -388,6 +390,8 @@ class _Stack:
             hidden = self._activate(hidden, i)
             if training and self.has_dropout[i]:
                 keep = self.keep[i]
+                # NOTE: the masks of all members come from torch's global generator, so a member
+                # with dropout does not repeat its lone run, and its curve depends on its pack mates.
                 mask = torch.rand_like(hidden) < keep
                 hidden = hidden * mask / keep
         return hidden

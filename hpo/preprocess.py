@@ -154,7 +154,7 @@ def apply_preprocessing(prep: Preprocessing, frame: pd.DataFrame, *, source: str
         try:
             values = frame[names].apply(pd.to_numeric).to_numpy(dtype=np.float64)
         except (ValueError, TypeError) as err:
-            raise InputError(f"a numeric feature column in {source} contains non-numeric values: {err}") from err
+            raise InputError(_non_numeric_message(frame, names, source, err)) from err
         medians = np.array([c.median for c in prep.numeric])
         means = np.array([c.mean for c in prep.numeric])
         scales = np.array([c.scale for c in prep.numeric])
@@ -205,3 +205,16 @@ def _log_missing(frame: pd.DataFrame, features: tuple[str, ...] | list[str]) -> 
     counts = frame[list(features)].isna().sum()
     for name, count in counts[counts > 0].items():
         _logger.info("Imputing %d missing value(s) in column %r.", int(count), name)
+
+
+def _non_numeric_message(frame: pd.DataFrame, names: list[str], source: str, err: Exception) -> str:
+    """Name the first numeric feature column with a value that is not a number, and that value."""
+    for name in names:
+        parsed = pd.to_numeric(frame[name], errors="coerce")
+        bad = frame[name][parsed.isna() & frame[name].notna()]
+        if len(bad):
+            return (
+                f"feature column {name!r} in {source} must be numeric, but it has {bad.iloc[0]!r} "
+                f"(first at row {bad.index[0]}, counting data rows from 0); fix or remove the rows with such values."
+            )
+    return f"a numeric feature column in {source} contains non-numeric values: {err}"

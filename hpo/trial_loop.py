@@ -180,9 +180,10 @@ class HeldTrials:
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, traceback: types.TracebackType | None) -> None:
         try:
             if err is not None:
-                for trial_id in sorted(self.trial_ids):
+                held = sorted(self.trial_ids)
+                for position, trial_id in enumerate(held):
                     self._heartbeat.discard(trial_id)
-                    _release_trial(self.study, self.backend, trial_id, err)
+                    _release_trial(self.study, self.backend, trial_id, err, n_trials=len(held) if position == 0 else 0)
                 self.trial_ids.clear()
         finally:
             self._heartbeat.stop()
@@ -334,11 +335,17 @@ def _run_one(
     return _tell(study, trial, value, state)
 
 
-def _release_trial(study: optuna.Study, backend: RDBStorage, trial_id: int, err: BaseException) -> None:
-    """Mark the RUNNING trial of a worker that stops because of ``err`` as failed and queue its retry."""
+def _release_trial(study: optuna.Study, backend: RDBStorage, trial_id: int, err: BaseException, *, n_trials: int = 1) -> None:
+    """Mark the RUNNING trial of a worker that stops because of ``err`` as failed and queue its retry.
+
+    ``n_trials`` is how many trials the worker releases: the first call of several logs the interrupt once for all.
+    """
     if isinstance(err, KeyboardInterrupt):
         name = _interrupts.signal_name or type(err).__name__
-        _logger.warning("Received %s; marking the running trial as interrupted and stopping.", name)
+        if n_trials == 1:
+            _logger.warning("Received %s; marking the running trial as interrupted and stopping.", name)
+        elif n_trials > 1:
+            _logger.warning("Received %s; marking the %d running trials as interrupted and stopping.", name, n_trials)
         reason = f"interrupted by {name}"
     else:
         reason = f"lost: its worker stopped on {type(err).__name__}"

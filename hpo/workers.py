@@ -110,6 +110,8 @@ def _join_and_run(study_name: str, storage: str | None, *, device: str, n_thread
     )
     objective, parts = build_objective(setup, table, split_indices, torch_device)
     pack_size = 1 if setup.cv else choose_pack_size(len(parts[0].y_train), torch_device) if pack == "auto" else int(pack)
+    if setup.cv and pack not in (1, "auto"):
+        _logger.warning("Study %r cross-validates each trial on %d folds, so --pack %s is ignored and trials run one at a time.", study_name, setup.cv, pack)
     _logger.info(
         "Worker %d joined study %r in %s on %s with %d torch threads%s.", os.getpid(), study_name, mask_password(url),
         torch_device, set_torch_threads(), f" and packs of up to {pack_size} trials" if pack_size > 1 else "",

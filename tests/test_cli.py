@@ -114,6 +114,30 @@ def test_optimize_rerun_resumes_and_adds_trials(tmp_path: Path) -> None:
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
 
 
+def test_optimize_timeout_alone_sets_no_trial_count(tmp_path: Path) -> None:
+    import optuna
+
+    from hpo.run_plan import RUN_ATTR
+
+    code = main(["optimize", "--data", "iris", "--timeout", "2", "--max-epochs", "1", "--workers", "1", "-q"])
+
+    study = optuna.load_study(study_name="iris", storage=f"sqlite:///{tmp_path / 'study_db' / 'iris.db'}")
+    assert code == 0
+    assert study.user_attrs[RUN_ATTR]["n_trials"] is None
+    assert len(study.trials) >= 1
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+
+
+def test_predict_non_numeric_feature_names_column_and_value() -> None:
+    from hpo.exceptions import InputError
+    from hpo.preprocess import apply_preprocessing, fit_preprocessing
+
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "pH": [7.1, 7.3, 7.0]})
+    prep = fit_preprocessing(frame, ["a", "pH"])
+    with pytest.raises(InputError, match=r"feature column 'pH' in new.csv must be numeric, but it has 'abc' \(first at row 1"):
+        apply_preprocessing(prep, pd.DataFrame({"a": [1, 2], "pH": ["7.2", "abc"]}), source="new.csv")
+
+
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "hpo", *args], capture_output=True, text=True, env=env, timeout=600)

@@ -22,6 +22,8 @@ def test_optimize_packed_trials_match_lone_records() -> None:
         assert sorted(packed_trial.params) == sorted(lone_trial.params)
         assert len(packed_trial.intermediate_values) == packed_trial.user_attrs["epochs_run"]
         assert packed_trial.value == max(packed_trial.intermediate_values.values())
+        # An accuracy is a count over the 200 validation rows, without float32 rounding.
+        assert packed_trial.value * 200 == pytest.approx(round(packed_trial.value * 200), abs=1e-9)
 
 
 def test_optimize_packed_same_seed_matches_lone_values() -> None:

@@ -66,6 +66,7 @@ def test_workers_four_on_sqlite_finish_exact_count(tmp_path: Path) -> None:
     assert "database is locked" not in result.stderr
     assert reader_alive, reader_errors
     assert "20 trials" in result.stdout
+    assert "Worker ended" not in result.stdout
 
 
 def test_worker_command_joins_queued_study(tmp_path: Path) -> None:
