@@ -65,7 +65,7 @@ class SearchSpace:
     class_weight: list[str] | str = field(default_factory=lambda: list(CLASS_WEIGHTS))
     max_epochs: int = 30
     # Replayed on the recorded curves of 16-20 trials on 6 data sets, patience 5 kept every
-    # study's best score and trained 10-30% fewer epochs than 8, while 3 and 4 lost accuracy
+    # study's best score and trained 9-33% fewer epochs than 8, while 3 and 4 lost accuracy
     # on 3 or 4 of them (docs/benchmark.md).
     patience: int = 5
     momentum: float = 0.9
