@@ -152,6 +152,9 @@ def finish_run(study: optuna.Study) -> str:
         f"Study {study.study_name!r} in {storage_url(study)}: {counts['n_trials']} trials ({counts['complete']} complete, "
         f"{counts['pruned']} pruned, {counts['failed']} failed)."
     ]
+    n_waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    if n_waiting:
+        lines.append(f"{n_waiting} queued trials did not run (time limit or stop); the same command again runs them.")
     if best is None and counts["complete"]:
         raise StudyError(
             f"no completed trial of study {study.study_name!r} meets its constraints ({counts['complete']} completed); "

@@ -128,6 +128,14 @@ def test_optimize_timeout_alone_sets_no_trial_count(tmp_path: Path) -> None:
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
 
 
+def test_optimize_time_limit_reports_queued_trials_left(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["optimize", "--data", "iris", "--n-trials", "200", "--timeout", "3", "--max-epochs", "1", "--workers", "1", "-q"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"^\d+ queued trials did not run \(time limit or stop\)", out, re.MULTILINE), out
+
+
 def test_predict_non_numeric_feature_names_column_and_value() -> None:
     from hpo.exceptions import InputError
     from hpo.preprocess import apply_preprocessing, fit_preprocessing
