@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import optuna
@@ -139,6 +139,10 @@ def start_run(
     call_with_retries("set_study_user_attr", study.set_user_attr, STOP_ATTR, None)
     if total is not None:
         _fill_queue(study, trials, total - n_finished)
+        if timeout is not None:
+            # Filling a queue of thousands of trials takes seconds, which the time limit should not include.
+            plan = replace(plan, deadline=time.time() + timeout)
+            call_with_retries("set_study_user_attr", study.set_user_attr, RUN_ATTR, plan.to_dict())
     return plan
 
 

@@ -308,3 +308,16 @@ def _frozen_kwargs(trial: optuna.trial.FrozenTrial) -> dict:
         "user_attrs": trial.user_attrs, "system_attrs": trial.system_attrs, "intermediate_values": {},
         "trial_id": trial._trial_id,
     }
+
+
+def test_start_run_time_limit_starts_after_queue_is_filled(tmp_path: Path) -> None:
+    study, _ = _new_study(tmp_path)
+
+    plan = start_run(study, 300, timeout=60.0)
+    filled = time.time()
+
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) == 300
+    assert plan.deadline is not None
+    # Filling 300 trials takes far longer than 0.2 s, so a deadline set before it would fail this.
+    assert plan.deadline >= filled + 60.0 - 0.2
+    assert load_plan(study).deadline == pytest.approx(plan.deadline)
