@@ -13,6 +13,7 @@ from hpo.baseline import stored_baseline
 from hpo.events import format_params, log_study_finished, used_params
 from hpo.exceptions import StorageError, StudyError
 from hpo.progress import count_trials
+from hpo.run_plan import COUNTED_ATTR
 from hpo.storage import (
     SETTINGS_ATTR,
     mask_password,
@@ -148,9 +149,12 @@ def finish_run(study: optuna.Study) -> str:
     counts = _counts_dict(study)
     best = _best_or_none(study)
     log_study_finished(study, counts, best)
+    # Trials lost with their worker, interrupted or cancelled are FAIL but do not count toward a goal.
+    n_uncounted = sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)) if t.user_attrs.get(COUNTED_ATTR, True) is False)
+    uncounted = f", of which {n_uncounted} lost, interrupted or cancelled and not counted" if n_uncounted else ""
     lines = [
         f"Study {study.study_name!r} in {storage_url(study)}: {counts['n_trials']} trials ({counts['complete']} complete, "
-        f"{counts['pruned']} pruned, {counts['failed']} failed)."
+        f"{counts['pruned']} pruned, {counts['failed']} failed{uncounted})."
     ]
     n_waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     if n_waiting:

@@ -174,7 +174,8 @@ def run_workers(
             _run_beside(local_run, lambda stop: _watch(study, backend, finder, workers, plan.heartbeat_interval, stop=stop))
         _watch(study, backend, finder, workers, plan.heartbeat_interval)
     except BaseException as err:
-        _logger.warning("Stopping %d workers (%s).", len(workers), type(err).__name__)
+        cause = "an interrupt" if isinstance(err, KeyboardInterrupt) else type(err).__name__
+        _logger.warning("Stopping %d worker processes after %s.", len(workers), cause)
         _stop(workers, stop_timeout)
         _clean_up_ended(study, backend, workers)
         raise

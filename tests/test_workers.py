@@ -163,6 +163,7 @@ def test_workers_interrupt_then_rerun_finishes(tmp_path: Path, signum: int) -> N
         rerun = run_hpo(*args, cwd=tmp_path, timeout=300)
         assert rerun.returncode == 0, rerun.stderr
         assert_goal_met(load_trials("shared", storage), 10)
+        assert "lost, interrupted or cancelled and not counted" in rerun.stdout
 
 
 def test_workers_stop_when_optimize_killed(tmp_path: Path) -> None:
