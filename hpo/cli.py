@@ -18,6 +18,7 @@ from typing import Any
 
 from hpo import __version__
 from hpo.exceptions import HpoError
+from hpo.parent_watch import PARENT_PID_ENV
 from hpo.space import SearchSpace
 
 _logger = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hpo: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("hpo: interrupted", file=sys.stderr)
+        # A worker started by 'hpo optimize' shares its stderr, and the parent reports the interrupt once.
+        if args.command != "worker" or PARENT_PID_ENV not in os.environ:
+            print("hpo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -213,7 +216,6 @@ def _run_optimize(args: argparse.Namespace) -> int:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from hpo.parent_watch import PARENT_PID_ENV
     from hpo.workers import run_worker
 
     stats = run_worker(args.study_name, args.storage, device=args.device, n_threads=args.threads, pack=args.pack)

@@ -222,6 +222,8 @@ def optimize(
         raise InputError(f"pack must be a positive integer or 'auto'; got {pack!r}.")
     if cv and not 2 <= cv <= MAX_FOLDS:
         raise InputError(f"--cv must be 0 (off) or 2..{MAX_FOLDS} folds; got {cv}.")
+    if cv and pack not in (1, "auto"):
+        raise InputError(f"--pack trains each trial on one validation split, so it does not combine with --cv {cv}; drop --pack.")
     requested_budget = Budget(max_params=max_params, max_latency_ms=max_latency_ms)
     if not (heartbeat_interval > 0 and grace_period > heartbeat_interval):
         raise InputError(f"the grace period must exceed the heartbeat interval, and both be positive; got {grace_period} and {heartbeat_interval} s.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 
@@ -62,9 +64,11 @@ def test_optimize_pack_auto_runs() -> None:
     assert len(study.trials) == 3
 
 
-def test_optimize_pack_with_cv_raises() -> None:
+def test_optimize_pack_with_cv_raises_before_study_exists(tmp_path: Path) -> None:
     with pytest.raises(hpo.exceptions.InputError, match="--cv"):
-        optimize(n_trials=1, device="cpu", cv=3, pack=4)
+        optimize(n_trials=1, device="cpu", cv=3, pack=4, storage=f"sqlite:///{tmp_path / 'cv.db'}")
+
+    assert not (tmp_path / "cv.db").exists()
 
 
 def test_optimize_packed_over_budget_prunes_before_training() -> None:

@@ -155,6 +155,7 @@ def test_workers_interrupt_then_rerun_finishes(tmp_path: Path, signum: int) -> N
     assert stop_seconds < 20
     assert "did not stop" not in stderr
     assert "SIGKILL" not in stderr
+    assert stderr.count("hpo: interrupted") == 1, stderr
     assert not [t for t in interrupted if t.state == TrialState.RUNNING]
     reasons = [str(t.user_attrs.get("reason", "")) for t in interrupted]
     assert any("interrupted by" in reason for reason in reasons), (reasons, stderr)
