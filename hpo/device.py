@@ -175,9 +175,9 @@ def threads_from_env() -> int | None:
     return int(text)
 
 
-# A started worker spends a few seconds of one core before its first trial (a new interpreter
-# imports torch and loads the data; an estimate from 2-core runs), so a default worker is
-# started for every 4 trials at most.
+# A started worker spends a few seconds of one core before its first trial, because a new
+# interpreter imports torch and loads the data (an estimate from 2-core runs). So a default
+# worker is started for every 4 trials at most.
 _TRIALS_PER_DEFAULT_WORKER = 4
 # The largest worker count measured on one SQLite file without lock errors (docs/workers.md).
 _MAX_DEFAULT_WORKERS = 8

@@ -116,10 +116,10 @@ def fail_stale_trials(study: optuna.Study, finder: StaleTrialFinder) -> int:
 class Heartbeat:
     """A daemon thread that records the running trials' heartbeats and fails stale trials.
 
-    Every ``interval`` seconds it records the heartbeat of the trial set with ``beat_for``
-    (or of each trial added with ``add``, for a worker that trains several at once) and then
-    runs ``fail_stale_trials`` on the study. Errors are logged and
-    the thread goes on, so that one lock timeout does not end the heartbeat.
+    Every ``interval`` seconds it records the heartbeat of each trial added with ``add``
+    (several for a worker that trains them at once) and then runs ``fail_stale_trials`` on
+    the study. Errors are logged and the thread goes on, so that one lock timeout does not
+    end the heartbeat.
     """
 
     def __init__(self, study: optuna.Study, finder: StaleTrialFinder, interval: float) -> None:
@@ -141,13 +141,6 @@ class Heartbeat:
         """Stop the thread and wait for it (at most one storage call)."""
         self._stop.set()
         self._thread.join(timeout=max(10.0, 2 * self.interval))
-
-    def beat_for(self, trial_id: int | None) -> None:
-        """Record a heartbeat for ``trial_id`` now and keep doing so for it alone; None stops beating."""
-        with self._lock:
-            self._trial_ids = set() if trial_id is None else {trial_id}
-        if trial_id is not None:
-            self._beat_now(trial_id)
 
     def add(self, trial_id: int) -> None:
         """Record a heartbeat for ``trial_id`` now and keep doing so, besides the other trials."""

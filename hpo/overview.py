@@ -149,14 +149,15 @@ def finish_run(study: optuna.Study) -> str:
     counts = _counts_dict(study)
     best = _best_or_none(study)
     log_study_finished(study, counts, best)
+    trials = study.get_trials(deepcopy=False)
     # Trials lost with their worker, interrupted or cancelled are FAIL but do not count toward a goal.
-    n_uncounted = sum(1 for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)) if t.user_attrs.get(COUNTED_ATTR, True) is False)
+    n_uncounted = sum(1 for t in trials if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(COUNTED_ATTR, True) is False)
+    n_waiting = sum(1 for t in trials if t.state == optuna.trial.TrialState.WAITING)
     uncounted = f", of which {n_uncounted} lost, interrupted or cancelled and not counted" if n_uncounted else ""
     lines = [
         f"Study {study.study_name!r} in {storage_url(study)}: {counts['n_trials']} trials ({counts['complete']} complete, "
         f"{counts['pruned']} pruned, {counts['failed']} failed{uncounted})."
     ]
-    n_waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     if n_waiting:
         lines.append(f"{n_waiting} queued trials did not run (time limit or stop); the same command again runs them.")
     if best is None and counts["complete"]:

@@ -114,30 +114,30 @@ def run_packed(
     if pack_size < 1:
         raise ValueError(f"pack_size must be >= 1; got {pack_size}")
     n_ended_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    with HeldTrials(study, backend, callbacks=callbacks) as held:
-        runner = _PackRunner(study, space, data, seed=seed, metric=metric, budget=budget, held=held)
+    with HeldTrials(study, backend, callbacks=callbacks) as held_trials:
+        runner = _PackRunner(study, space, data, seed=seed, metric=metric, budget=budget, held_trials=held_trials)
 
         def capacity() -> int:
-            # Slow start: one more place per ended trial, up to pack_size. Eight trials started
-            # at once on a new study all ran to the end, since the pruner compares a trial with
-            # ended ones only; that made a 20-trial search slower than one trial at a time.
-            n_ended = n_ended_before + held.stats.n_complete + held.stats.n_pruned
+            # Slow start: one more place per ended trial, up to pack_size. The pruner compares a
+            # trial with ended ones only, so 8 trials started at once on a new study all ran to
+            # the end, and a 20-trial search became slower than one trial at a time.
+            n_ended = n_ended_before + held_trials.stats.n_complete + held_trials.stats.n_pruned
             return min(pack_size, 1 + n_ended)
 
         next_take = 0.0
         while True:
-            # While the packs train, an empty queue is read again at most once a second.
+            # While the packs train, the queue is read again only after a second has passed.
             if runner.n_running == 0 or time.monotonic() >= next_take:
-                while runner.n_running < capacity() and (trial := held.take()) is not None:
+                while runner.n_running < capacity() and (trial := held_trials.take()) is not None:
                     runner.start_trial(trial)
                 next_take = time.monotonic() + _EMPTY_QUEUE_WAIT_S
             if runner.n_running > 0:
                 runner.run_round()
-            elif held.should_wait():
+            elif held_trials.should_wait():
                 time.sleep(_EMPTY_QUEUE_WAIT_S)
             else:
                 break
-    return held.stats
+    return held_trials.stats
 
 
 class _PackRunner:
@@ -152,7 +152,7 @@ class _PackRunner:
         seed: int,
         metric: Metric,
         budget: Budget | None,
-        held: HeldTrials,
+        held_trials: HeldTrials,
     ) -> None:
         self.study = study
         self.space = space
@@ -160,7 +160,7 @@ class _PackRunner:
         self.seed = seed
         self.metric = metric
         self.budget = budget
-        self.held = held
+        self.held_trials = held_trials
         self.reporter = TrialReporter(study)
         self.device_name = describe_device(data.device)
         self.packs: dict[PackKey, Pack] = {}
@@ -264,5 +264,5 @@ class _PackRunner:
             # its parameters are queued again, so this result is dropped.
             frozen = self.study._storage.get_trial(trial._trial_id)
             _logger.warning("Trial %d was marked %s by another worker while it trained; its result is dropped.", trial.number, frozen.state.name)
-        self.held.ended(frozen)
+        self.held_trials.ended(frozen)
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import optuna
 import torch
+from optuna.storages import RDBStorage
 
 from hpo.annotate import save_learning_curves
 from hpo.baseline import record_baseline, warn_if_skewed
@@ -331,11 +332,7 @@ def optimize(
     def run_here() -> LoopStats:
         if pack_size > 1:
             _logger.info("Training up to %d trials at once in packs.", pack_size)
-            return run_packed(
-                study, storage_obj, setup.space, parts[0], seed=setup.seed, metric=metric_obj, budget=setup.budget,
-                pack_size=pack_size, callbacks=callbacks,
-            )
-        return run_trials(study, storage_obj, with_start_event(objective), device=torch_device, callbacks=callbacks)
+        return run_queued_trials(study, storage_obj, setup, objective, parts[0], torch_device, pack_size=pack_size, callbacks=callbacks)
 
     threads = training_threads(torch_device) if len(placements) == 1 or is_local_worker else nullcontext()
     with progress or nullcontext(), translated_storage_errors(url), threads:
@@ -352,6 +349,29 @@ def optimize(
                 raise StudyError(f"no trial of this run completed: {stats.n_failed} failed; last reason: {stats.last_reason}")
     save_learning_curves(study)
     return study
+
+
+def run_queued_trials(
+    study: optuna.Study,
+    backend: RDBStorage,
+    setup: StudySetup,
+    objective: Objective | CrossValidationObjective,
+    data: DeviceData,
+    device: torch.device,
+    *,
+    pack_size: int,
+    callbacks: Sequence[Any],
+) -> LoopStats:
+    """Run this process's share of the queued trials: one at a time, or in packs of up to ``pack_size``.
+
+    Packs train on ``data`` (one validation split); one trial at a time runs ``objective``.
+    """
+    if pack_size > 1:
+        return run_packed(
+            study, backend, setup.space, data, seed=setup.seed, metric=METRICS[setup.metric], budget=setup.budget,
+            pack_size=pack_size, callbacks=callbacks,
+        )
+    return run_trials(study, backend, with_start_event(objective), device=device, callbacks=callbacks)
 
 
 def _pack_size(pack: int | str, n_rows: int, placements: Sequence[WorkerPlacement], device: torch.device, n_trials: int | None) -> int:

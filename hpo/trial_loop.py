@@ -84,72 +84,34 @@ def run_trials(
         KeyboardInterrupt: On SIGINT (or SIGTERM inside ``interrupt_handlers``), after
             the running trial was marked as failed and queued again.
     """
-    plan = load_plan(study)
-    if plan is None:
-        raise StudyError(f"study {study.study_name!r} has no queued run; start one with 'hpo optimize --study {study.study_name}'.")
-    watch_storage(backend)
-    finder = StaleTrialFinder(backend, study._study_id, plan.grace_period)
-    heartbeat = Heartbeat(study, finder, plan.heartbeat_interval)
-    call_with_retries("fail stale trials", fail_stale_trials, study, finder)
-    heartbeat.start()
-    stats = LoopStats()
-    failures = _FailureRun()
-    label = worker_label()
-    # The id of the trial this worker has set to RUNNING, from the moment it is taken until
-    # it has ended. Whatever stops the loop in between (an interrupt at any line, a storage
-    # error), the handler below marks that trial failed and queues its retry.
-    trial_id: int | None = None
-    try:
-        while (plan := _current_plan(study)) is not None and _should_continue(study, plan):
-            with _interrupts.deferred():
-                trial_id = _take_trial(study, backend, plan)
-                if trial_id is not None:
-                    heartbeat.beat_for(trial_id)
-                    call_with_retries("set_trial_user_attr", backend.set_trial_user_attr, trial_id, WORKER_ATTR, label)
-            if _interrupts.pending:
-                raise KeyboardInterrupt(_interrupts.signal_name)
-            if trial_id is None:
-                if _should_wait_for_others(study, backend, plan):
-                    time.sleep(min(plan.heartbeat_interval, 1.0))
+    with HeldTrials(study, backend, callbacks=callbacks) as held_trials:
+        while True:
+            trial = held_trials.take()
+            if trial is None:
+                if held_trials.should_wait():
+                    time.sleep(min(held_trials.heartbeat_interval, 1.0))
                     continue
                 break
 
-            frozen = _run_one(study, backend, objective, trial_id, heartbeat)
-            trial_id = None
-            heartbeat.beat_for(None)
+            frozen = _run_one(study, backend, objective, trial, held_trials)
             if device is not None and device.type != "cpu":
                 if frozen.state == TrialState.FAIL:
                     # The exception is gone now; collecting frees GPU tensors that its traceback
                     # held in reference cycles (after an out-of-memory error, say).
                     gc.collect()
                 free_device_memory(device)
-            _count(stats, frozen)
-            for callback in callbacks:
-                callback(study, frozen)
-
-            failures.add(frozen)
-            if failures.count >= MAX_CONSECUTIVE_FAILURES:
-                message = f"stopped after {failures.count} failed trials in a row; last reason: {failures.last_reason}"
-                call_with_retries("set_study_user_attr", study.set_user_attr, STOP_ATTR, message)
-                raise StudyError(message)
-    except BaseException as err:
-        if trial_id is not None:
-            heartbeat.beat_for(None)
-            _release_trial(study, backend, trial_id, err)
-        raise
-    finally:
-        heartbeat.stop()
-    return stats
+            held_trials.ended(frozen)
+    return held_trials.stats
 
 
 class HeldTrials:
-    """The queued trials that one worker takes, trains several at a time, and ends.
+    """The queued trials that one worker takes, trains (one or several at a time) and ends.
 
-    A worker that trains several trials at once (``hpo.pack_runner``) gets from it what
-    ``run_trials`` does for one trial at a time. Trials come from the queue of the run plan,
-    each gets a heartbeat, and the stale-trial check runs. Outcomes are counted, and too
-    many failures in a row stop the study. When the block ends by an exception, every held
-    trial is marked failed and queued again.
+    ``run_trials`` and ``hpo.pack_runner.run_packed`` share it. Trials come from the queue
+    of the run plan, each gets a heartbeat, and the stale-trial check runs. Outcomes are
+    counted, and too many failures in a row stop the study. When the block ends by an
+    exception (an interrupt at any line, a storage error), every held trial is marked
+    failed and queued again.
 
     Raises:
         StudyError: When the study has no run plan (on entering), or trials failed too
@@ -165,7 +127,9 @@ class HeldTrials:
         self.callbacks = callbacks
         self.stats = LoopStats()
         self.trial_ids: set[int] = set()
+        self.heartbeat_interval = plan.heartbeat_interval
         self._plan = plan
+        self._is_stopped = False
         self._finder = StaleTrialFinder(backend, study._study_id, plan.grace_period)
         self._heartbeat = Heartbeat(study, self._finder, plan.heartbeat_interval)
         self._failures = _FailureRun()
@@ -179,11 +143,11 @@ class HeldTrials:
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, traceback: types.TracebackType | None) -> None:
         try:
-            if err is not None:
-                held = sorted(self.trial_ids)
-                for position, trial_id in enumerate(held):
+            if err is not None and self.trial_ids:
+                reason = _release_reason(err, len(self.trial_ids))
+                for trial_id in sorted(self.trial_ids):
                     self._heartbeat.discard(trial_id)
-                    _release_trial(self.study, self.backend, trial_id, err, n_trials=len(held) if position == 0 else 0)
+                    _release_trial(self.study, self.backend, trial_id, reason)
                 self.trial_ids.clear()
         finally:
             self._heartbeat.stop()
@@ -192,6 +156,7 @@ class HeldTrials:
         """Take the next queued trial and start its heartbeat; None when there is none to take now."""
         plan = _current_plan(self.study)
         if plan is None or not _should_continue(self.study, plan):
+            self._is_stopped = True
             return None
         self._plan = plan
         with _interrupts.deferred():
@@ -208,8 +173,16 @@ class HeldTrials:
         return optuna.trial.Trial(self.study, trial_id)
 
     def should_wait(self) -> bool:
-        """Return whether to wait and take again: the queue is empty, but other workers' trials may still be queued again."""
-        return _should_wait_for_others(self.study, self.backend, self._plan)
+        """Return whether to wait and take again: the queue is empty, but other workers' trials may still be queued again.
+
+        After the run's deadline, or once another worker stopped the study, there is nothing to wait for.
+        """
+        return not self._is_stopped and _should_wait_for_others(self.study, self.backend, self._plan)
+
+    def lose(self, trial_id: int, reason: str) -> None:
+        """Stop the heartbeat of a held trial, then mark it failed and queue it again (``fail_lost_trial``)."""
+        self._heartbeat.discard(trial_id)
+        fail_lost_trial(self.study, self.backend, trial_id, reason)
 
     def ended(self, frozen: FrozenTrial) -> None:
         """Record the end of a held trial: stop its heartbeat, count its outcome and run the callbacks."""
@@ -311,11 +284,9 @@ def _run_one(
     study: optuna.Study,
     backend: RDBStorage,
     objective: Callable[[optuna.Trial], float],
-    trial_id: int,
-    heartbeat: Heartbeat,
+    trial: optuna.Trial,
+    held_trials: HeldTrials,
 ) -> FrozenTrial:
-    # Creating the trial already runs the sampler, so an interrupt may arrive here: run_trials handles it.
-    trial = optuna.trial.Trial(study, trial_id)
     value: float | None = None
     state = TrialState.COMPLETE
     try:
@@ -325,33 +296,32 @@ def _run_one(
     except Exception as err:
         if is_transient(err):
             # The storage failed, not the trial: run its parameters again rather than count it.
-            heartbeat.beat_for(None)
-            fail_lost_trial(study, backend, trial_id, f"lost: storage error {type(err).__name__}")
-            return call_with_retries("get_trial", backend.get_trial, trial_id)
+            held_trials.lose(trial._trial_id, f"lost: storage error {type(err).__name__}")
+            return call_with_retries("get_trial", backend.get_trial, trial._trial_id)
         state = TrialState.FAIL
-        _set_reason_if_missing(backend, trial_id, err)
+        _set_reason_if_missing(backend, trial._trial_id, err)
         _logger.debug("Trial %d raised", trial.number, exc_info=True)
 
     return _tell(study, trial, value, state)
 
 
-def _release_trial(study: optuna.Study, backend: RDBStorage, trial_id: int, err: BaseException, *, n_trials: int = 1) -> None:
-    """Mark the RUNNING trial of a worker that stops because of ``err`` as failed and queue its retry.
-
-    ``n_trials`` is how many trials the worker releases: the first call of several logs the interrupt once for all.
-    """
-    if isinstance(err, KeyboardInterrupt):
-        name = _interrupts.signal_name or type(err).__name__
-        if n_trials == 1:
-            _logger.warning("Received %s; marking the running trial as interrupted and stopping.", name)
-        elif n_trials > 1:
-            _logger.warning("Received %s; marking the %d running trials as interrupted and stopping.", name, n_trials)
-        reason = f"interrupted by {name}"
+def _release_reason(err: BaseException, n_trials: int) -> str:
+    """Return the failure reason of the trials a worker releases because of ``err``; log an interrupt once."""
+    if not isinstance(err, KeyboardInterrupt):
+        return f"lost: its worker stopped on {type(err).__name__}"
+    name = _interrupts.signal_name or type(err).__name__
+    if n_trials == 1:
+        _logger.warning("Received %s; marking the running trial as interrupted and stopping.", name)
     else:
-        reason = f"lost: its worker stopped on {type(err).__name__}"
+        _logger.warning("Received %s; marking the %d running trials as interrupted and stopping.", name, n_trials)
+    return f"interrupted by {name}"
+
+
+def _release_trial(study: optuna.Study, backend: RDBStorage, trial_id: int, reason: str) -> None:
+    """Mark the RUNNING trial of a worker that stops as failed with ``reason`` and queue its retry."""
     try:
         fail_lost_trial(study, backend, trial_id, reason)
-    except Exception as release_err:  # err is raised on, and the stale-trial check of other workers fails the trial later
+    except Exception as release_err:  # the stop goes on, and the stale-trial check of other workers fails the trial later
         _logger.error(
             "Could not mark trial id %d as failed (%s); another worker will once its heartbeat is older than the grace period.",
             trial_id, short_error(release_err),

@@ -26,15 +26,14 @@ from hpo.concurrency import short_error
 from hpo.device import WorkerPlacement, default_threads, resolve_device, set_torch_threads
 from hpo.exceptions import StudyError
 from hpo.heartbeat import StaleTrialFinder, fail_lost_trial, fail_stale_trials
-from hpo.metrics import METRICS
-from hpo.pack_runner import choose_pack_size, run_packed
+from hpo.pack_runner import choose_pack_size
 from hpo.parent_watch import PARENT_PID_ENV, ParentWatch
 from hpo.prepare import load_and_split
 from hpo.run_plan import WORKER_ATTR, count_finished, load_plan, stop_reason
 from hpo.storage import STORAGE_ENV, load_study, mask_password, open_storage, resolve_storage_url, study_settings
-from hpo.events import log_trial_end, with_start_event
-from hpo.study import StudySetup, build_objective, build_pruner
-from hpo.trial_loop import LoopStats, run_trials, watch_storage
+from hpo.events import log_trial_end
+from hpo.study import StudySetup, build_objective, build_pruner, run_queued_trials
+from hpo.trial_loop import LoopStats, watch_storage
 
 _logger = logging.getLogger(__name__)
 
@@ -116,12 +115,7 @@ def _join_and_run(study_name: str, storage: str | None, *, device: str, n_thread
         "Worker %d joined study %r in %s on %s with %d torch threads%s.", os.getpid(), study_name, mask_password(url),
         torch_device, set_torch_threads(), f" and packs of up to {pack_size} trials" if pack_size > 1 else "",
     )
-    if pack_size > 1:
-        return run_packed(
-            study, backend, setup.space, parts[0], seed=setup.seed, metric=METRICS[setup.metric], budget=setup.budget,
-            pack_size=pack_size, callbacks=[log_trial_end],
-        )
-    return run_trials(study, backend, with_start_event(objective), device=torch_device, callbacks=[log_trial_end])
+    return run_queued_trials(study, backend, setup, objective, parts[0], torch_device, pack_size=pack_size, callbacks=[log_trial_end])
 
 
 def run_workers(

@@ -98,7 +98,7 @@ def test_heartbeat_lock_timeout_logs_cause(tmp_path: Path, caplog: pytest.LogCap
     backend = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 0.1}})
     configure_sqlite(backend.engine)
     heartbeat = Heartbeat(study, StaleTrialFinder(backend, study._study_id, grace_period=30.0), interval=0.05)
-    heartbeat.beat_for(trial_id)
+    heartbeat.add(trial_id)
     holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
 

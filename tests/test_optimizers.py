@@ -34,20 +34,20 @@ def _twin_models() -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 @pytest.mark.parametrize(
-    ("kind", "reference"),
+    ("kind", "reference", "lr", "weight_decay"),
     [
-        ("adam", lambda params: torch.optim.Adam(params, lr=0.01, weight_decay=1e-3, fused=True)),
-        ("adamw", lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=1e-2, fused=True)),
-        ("sgd", lambda params: torch.optim.SGD(params, lr=0.05, weight_decay=1e-3, momentum=0.9, fused=True)),
+        ("adam", torch.optim.Adam, 0.01, 1e-3),
+        ("adamw", torch.optim.AdamW, 0.01, 1e-2),
+        ("sgd", torch.optim.SGD, 0.05, 1e-3),
     ],
 )
-def test_stepper_matches_torch_optim(kind: str, reference: object) -> None:
+def test_stepper_matches_torch_optim(kind: str, reference: type, lr: float, weight_decay: float) -> None:
     ours, theirs = _twin_models()
-    settings = {"adam": (0.01, 1e-3), "adamw": (0.01, 1e-2), "sgd": (0.05, 1e-3)}[kind]
     initial = ours[0].weight.detach().clone()
+    extra = {"momentum": 0.9} if kind == "sgd" else {}
 
-    _train(Stepper(ours.parameters(), kind, lr=settings[0], weight_decay=settings[1], momentum=0.9), ours)
-    _train(reference(theirs.parameters()), theirs)
+    _train(Stepper(ours.parameters(), kind, lr=lr, weight_decay=weight_decay, momentum=0.9), ours)
+    _train(reference(theirs.parameters(), lr=lr, weight_decay=weight_decay, fused=True, **extra), theirs)
 
     for mine, expected in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert torch.equal(mine, expected)

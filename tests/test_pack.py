@@ -126,7 +126,7 @@ def test_pack_regression_members_match_lone_training() -> None:
 
 
 @pytest.mark.parametrize("changes", [{"batch_size": 64}, {"optimizer": "sgd"}])
-def test_pack_add_other_batch_size_or_optimizer_family_raises(changes: dict) -> None:
+def test_pack_add_other_key_raises(changes: dict) -> None:
     pack = Pack(_data(), pack_key(MEMBERS[0]))
     config = _config(**changes)
 

@@ -80,7 +80,7 @@ def test_optimize_packed_over_budget_prunes_before_training() -> None:
         assert trial.user_attrs["epochs_run"] == 0
 
 
-def test_optimize_packed_slow_start_grows_pack_as_trials_end() -> None:
+def test_packed_slow_start_grows_pack() -> None:
     study = optimize(n_trials=5, space=SPACE, device="cpu", study_name="slow", pruner="none", pack=4)
     trials = study.trials
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from hpo.run_plan import COUNTED_ATTR, RETRY_OF_ATTR
-from tests.workers_helpers import LONG_SPACE, assert_goal_met, kill_group, load_trials, run_hpo, start_hpo, wait_for
+from workers_helpers import LONG_SPACE, assert_goal_met, kill_group, load_trials, queue_long_trials, run_hpo, start_hpo, wait_for
 
 # Trials that differ in depth and width, so that packs mix them, and stay short.
 MIXED_SPACE = [
@@ -87,11 +87,7 @@ def test_packed_interrupt_fails_every_member_then_rerun_finishes(tmp_path: Path)
 
 def test_packed_worker_killed_members_failed_by_peer(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    queued = run_hpo(
-        "optimize", "--study", "shared", "--storage", storage, "--n-trials", "3", "--workers", "0", "--device", "cpu",
-        "--heartbeat-interval", "1", "--grace-period", "3", *LONG_SPACE, "--max-epochs", "400", cwd=tmp_path,
-    )
-    assert queued.returncode == 0, queued.stderr
+    queue_long_trials(storage, 3, 400, cwd=tmp_path)
     doomed = start_hpo("worker", "--study", "shared", "--storage", storage, "--device", "cpu", "--pack", "2", cwd=tmp_path)
     try:
         victims = wait_for(lambda: _running("shared", storage, 2), 120, "two running packed trials")

@@ -310,7 +310,7 @@ def _frozen_kwargs(trial: optuna.trial.FrozenTrial) -> dict:
     }
 
 
-def test_start_run_time_limit_starts_after_queue_is_filled(tmp_path: Path) -> None:
+def test_start_run_deadline_after_queue_fill(tmp_path: Path) -> None:
     study, _ = _new_study(tmp_path)
 
     plan = start_run(study, 300, timeout=60.0)

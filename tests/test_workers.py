@@ -22,6 +22,7 @@ from workers_helpers import (
     kill_group,
     load_trials,
     process_ended,
+    queue_long_trials,
     run_hpo,
     running_trial_with_worker,
     running_trials_of_workers,
@@ -110,11 +111,7 @@ def test_workers_sigkill_of_one_worker_retries_its_trial(tmp_path: Path) -> None
 
 def test_worker_killed_alone_failed_by_peer(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    queued = run_hpo(
-        "optimize", "--study", "shared", "--storage", storage, "--n-trials", "2", "--workers", "0", "--device", "cpu",
-        "--heartbeat-interval", "1", "--grace-period", "3", *LONG_SPACE, "--max-epochs", "40", cwd=tmp_path,
-    )
-    assert queued.returncode == 0, queued.stderr
+    queue_long_trials(storage, 2, 40, cwd=tmp_path)
     doomed = start_hpo("worker", "--study", "shared", "--storage", storage, "--device", "cpu", cwd=tmp_path)
     try:
         victim = wait_for(lambda: running_trial_with_worker("shared", storage), 120, "a running trial")

@@ -34,6 +34,15 @@ def run_hpo(*args: str, cwd: Path, timeout: float = 240, env: dict[str, str] | N
     return subprocess.run(hpo_command(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(env))
 
 
+def queue_long_trials(storage: str, n_trials: int, max_epochs: int, *, cwd: Path) -> None:
+    """Queue ``n_trials`` long trials on study ``shared`` for ``hpo worker``, with a 1 s heartbeat and a 3 s grace period."""
+    queued = run_hpo(
+        "optimize", "--study", "shared", "--storage", storage, "--n-trials", str(n_trials), "--workers", "0", "--device", "cpu",
+        "--heartbeat-interval", "1", "--grace-period", "3", *LONG_SPACE, "--max-epochs", str(max_epochs), cwd=cwd,
+    )
+    assert queued.returncode == 0, queued.stderr
+
+
 def start_hpo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start ``hpo`` in its own process group (as a shell runs a foreground job)."""
     return subprocess.Popen(hpo_command(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(env), start_new_session=True)
