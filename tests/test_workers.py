@@ -166,7 +166,11 @@ def test_workers_interrupt_then_rerun_finishes(tmp_path: Path, signum: int) -> N
 
 def test_workers_stop_when_optimize_killed(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    process = start_hpo("optimize", "--study", "shared", "--storage", storage, "--n-trials", "10", "--workers", "3", "--device", "cpu", *LONG_SPACE, cwd=tmp_path)
+    # Trials of several seconds, so that none of the seen running trials ends before the kill.
+    process = start_hpo(
+        "optimize", "--study", "shared", "--storage", storage, "--n-trials", "10", "--workers", "3", "--device", "cpu",
+        *LONG_SPACE, "--max-epochs", "400", cwd=tmp_path,
+    )
     try:
         running = wait_for(lambda: running_trials_of_workers("shared", storage, 3), 120, "three workers with running trials")
         os.kill(process.pid, signal.SIGKILL)
