@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpo.backprop import Backprop
+from hpo.dropout import start_dropout
 from hpo.metrics import CLASSIFICATION, METRICS, REGRESSION, Metric, compute_metric
-from hpo.optimizers import Stepper
 from hpo.space import TrialConfig
 
 _logger = logging.getLogger(__name__)
@@ -125,14 +126,6 @@ class TrainResult:
         return len(self.train_losses)
 
 
-def make_optimizer(model: nn.Module, config: TrialConfig) -> Stepper:
-    """Create the configured optimizer, fused into one kernel per step where torch has one."""
-    return Stepper(
-        model.parameters(), config.optimizer,
-        lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum if config.optimizer == "sgd" else 0.0,
-    )
-
-
 def train(
     model: nn.Module,
     config: TrialConfig,
@@ -149,7 +142,7 @@ def train(
         model: The network, already on ``data.device``.
         config: Optimizer, learning rate, batch size, epoch budget and patience.
         data: Tensors on the device. Without a validation part, no early stopping happens.
-        seed: Seed of the batch order (weights are initialized by the caller).
+        seed: Seed of the batch order and of the dropout masks (weights are initialized by the caller).
         n_epochs: Exact number of epochs, overriding ``config.max_epochs`` and patience.
         on_epoch: Called after each epoch; an exception it raises ends training.
         metric: Validation metric that picks the best epoch and drives early stopping.
@@ -161,48 +154,47 @@ def train(
         NonFiniteLossError: When an epoch's mean training loss is NaN or infinite.
     """
     started = time.perf_counter()
-    optimizer = make_optimizer(model, config)
     loss_fn = make_loss(config, data)
+    backprop = Backprop(model, config, regression=data.task == REGRESSION, class_weights=getattr(loss_fn, "weight", None))
     # The permutation is drawn on the CPU, so the batch order is the same on every device.
     generator = torch.Generator().manual_seed(seed)
+    start_dropout(model, seed)
     n_rows = data.x_train.shape[0]
     budget = n_epochs if n_epochs is not None else config.max_epochs
     result = TrainResult()
+    try:
+        for epoch in range(budget):
+            model.train()
+            order = torch.randperm(n_rows, generator=generator).to(data.device)
+            total_loss = torch.zeros((), device=data.device)
+            for start in range(0, n_rows, config.batch_size):
+                index = order[start : start + config.batch_size]
+                loss = backprop.step(data.x_train[index], data.y_train[index])
+                total_loss += loss * index.numel()
 
-    for epoch in range(budget):
-        model.train()
-        order = torch.randperm(n_rows, generator=generator).to(data.device)
-        total_loss = torch.zeros((), device=data.device)
-        for start in range(0, n_rows, config.batch_size):
-            index = order[start : start + config.batch_size]
-            outputs = model(data.x_train[index])
-            loss = loss_fn(outputs, data.y_train[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.detach() * index.numel()
+            # One host sync per epoch: the loss stays on the device until here.
+            train_loss = float(total_loss) / n_rows
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(epoch)
+            result.train_losses.append(train_loss)
 
-        # One host sync per epoch: the loss stays on the device until here.
-        train_loss = float(total_loss) / n_rows
-        if not math.isfinite(train_loss):
-            raise NonFiniteLossError(epoch)
-        result.train_losses.append(train_loss)
+            score, val_loss = (None, None)
+            if data.x_val is not None:
+                score, val_loss = evaluate(model, data.x_val, data.y_val, metric=metric, y_scale=data.y_scale)
+            if score is not None:
+                result.val_scores.append(score)
+                if metric.is_better(score, result.best_score):
+                    result.best_score, result.best_epoch = score, epoch
+            _logger.debug("epoch %d: train_loss=%.5f val_%s=%s", epoch, train_loss, metric.name, score)
 
-        score, val_loss = (None, None)
-        if data.x_val is not None:
-            score, val_loss = evaluate(model, data.x_val, data.y_val, metric=metric, y_scale=data.y_scale)
-        if score is not None:
-            result.val_scores.append(score)
-            if metric.is_better(score, result.best_score):
-                result.best_score, result.best_epoch = score, epoch
-        _logger.debug("epoch %d: train_loss=%.5f val_%s=%s", epoch, train_loss, metric.name, score)
-
-        result.seconds = time.perf_counter() - started
-        if on_epoch is not None:
-            on_epoch(EpochStats(epoch=epoch, train_loss=train_loss, val_score=score, val_loss=val_loss))
-        if n_epochs is None and result.best_epoch is not None and epoch - result.best_epoch >= config.patience:
-            _logger.debug("Stopping early at epoch %d: no better validation %s for %d epochs.", epoch, metric.name, config.patience)
-            break
+            result.seconds = time.perf_counter() - started
+            if on_epoch is not None:
+                on_epoch(EpochStats(epoch=epoch, train_loss=train_loss, val_score=score, val_loss=val_loss))
+            if n_epochs is None and result.best_epoch is not None and epoch - result.best_epoch >= config.patience:
+                _logger.debug("Stopping early at epoch %d: no better validation %s for %d epochs.", epoch, metric.name, config.patience)
+                break
+    finally:
+        backprop.finish()
 
     result.seconds = time.perf_counter() - started
     return result

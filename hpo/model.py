@@ -9,6 +9,8 @@ from typing import Any
 
 from torch import nn
 
+from hpo.dropout import Dropout
+
 ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -50,7 +52,7 @@ def build_mlp(architecture: dict[str, Any]) -> nn.Sequential:
         layers.append(nn.Linear(width_in, width))
         layers.append(ACTIVATION_LAYERS[activation]())
         if dropout > 0.0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         width_in = width
     layers.append(nn.Linear(width_in, n_outputs))
     return nn.Sequential(*layers)

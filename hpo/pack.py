@@ -4,7 +4,8 @@ The pack stacks its members' weights along a leading member dimension, so each l
 one batched matrix product (``torch.baddbmm``) for all members. Every member keeps its
 own weights, seed, batch order, learning rate, weight decay, optimizer state, dropout,
 activation and learning curve, so it trains as it would alone (see ``train`` in
-``hpo.engine``), up to float rounding, unless it has dropout.
+``hpo.engine``), up to float rounding. Dropout masks are hashed from the member's seed and
+step (``hpo.dropout``), so they are those of its lone run too.
 
 Members of different widths and depths share a pack. Each layer is zero-padded to the
 widest member, which is exact because every activation maps 0 to 0: a padded unit outputs
@@ -27,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from hpo import dropout
+from hpo.backprop import DERIVATIVES, product_into, sum_into
 from hpo.engine import DeviceData, EpochStats, NonFiniteLossError, TrainResult, make_loss
 from hpo.metrics import METRICS, REGRESSION, Metric, compute_metric
 from hpo.optimizers import BETA1, BETA2, EPS
@@ -264,10 +267,10 @@ class _Stack:
 
         self.weights = flat_views[:n_layers]
         self.biases = flat_views[n_layers:]
-        for param, grad in zip(flat_views, self._views(self.grad), strict=True):
-            param.requires_grad_(True)
-            # Backward adds into these views of the flat gradient, since a gradient is already set.
-            param.grad = grad
+        # The backward pass writes each layer's gradient into these views of the flat gradient.
+        grad_views = self._views(self.grad)
+        self.weight_grads = grad_views[:n_layers]
+        self.bias_grads = grad_views[n_layers:]
 
         configs = [m.config for m in self.members]
         # owner[e]: the member that element e of the flat buffers belongs to.
@@ -292,8 +295,14 @@ class _Stack:
         self.activation_slices = [
             _slices([c.activation if layer < len(c.hidden) else "identity" for c in configs]) for layer in range(depth)
         ]
-        self.keep = [torch.tensor([keep_of(m, layer) for m in self.members], device=device).view(-1, 1, 1) for layer in range(depth)]
-        self.has_dropout = [bool((keep < 1).any()) for keep in self.keep]
+        keeps = [[keep_of(m, layer) for m in self.members] for layer in range(depth)]
+        # One mask stream per hidden layer with dropout, counting steps from this stack's first step.
+        self.mask_streams = [
+            dropout.MaskStream([m.seed for m in self.members], layer_keeps, [m.n_steps for m in self.members], layer)
+            if any(keep < 1 for keep in layer_keeps) else None
+            for layer, layer_keeps in enumerate(keeps)
+        ]
+        self.n_steps_done = 0
         # class_weights: [K, classes], each member's weights of the loss (ones when unweighted).
         self.class_weights = None if self.is_regression else torch.stack([_class_weights(c, data) for c in configs])
         self.is_weighted = any(c.class_weight == "balanced" for c in configs)
@@ -307,12 +316,9 @@ class _Stack:
         total_loss = torch.zeros(len(self.members), device=self.device)
         for start in range(0, n_rows, batch_size):
             index = orders[:, start : start + batch_size]  # [K, B]
-            outputs = self._forward(data.x_train[index], training=True)  # [K, B, outputs]
-            losses = self._losses(outputs, data.y_train[index])
-            self.grad.zero_()
-            losses.sum().backward()
-            self._step()
-            total_loss += losses.detach() * index.shape[1]
+            losses = self._train_step(data.x_train[index], data.y_train[index])
+            total_loss += losses * index.shape[1]
+            self.n_steps_done += 1
         for member in self.members:
             member.n_steps += math.ceil(n_rows / batch_size)
         return total_loss / n_rows
@@ -328,7 +334,7 @@ class _Stack:
         n_members = len(self.members)
         rows_per_chunk = max(1, _EVAL_CHUNK_ELEMENTS // (n_members * max(self.out_widths)))
         with torch.inference_mode():
-            chunks = [self._forward(x[start : start + rows_per_chunk], training=False) for start in range(0, x.shape[0], rows_per_chunk)]
+            chunks = [self._forward(x[start : start + rows_per_chunk]) for start in range(0, x.shape[0], rows_per_chunk)]
             outputs = torch.cat(chunks, dim=1)  # [K, rows, outputs]
             target = y.unsqueeze(0).expand(n_members, -1)
             if self.is_regression:
@@ -342,18 +348,61 @@ class _Stack:
                 scores = [compute_metric(metric.name, outputs[k], y, y_scale=data.y_scale) for k in range(n_members)]
         return scores, loss
 
-    def _losses(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        # outputs: [K, B, outputs]; target: [K, B]. Returns each member's batch loss [K].
+    @torch.no_grad()
+    def _train_step(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Take one step of every member on its batch (x: [K, B, inputs]); return each member's batch loss [K].
+
+        The backward pass is written out as in ``hpo.backprop``, with batched products.
+        """
+        inputs, pre_activations, outputs, masks = [x], [], [], []
+        hidden = x
+        for i in range(self.depth):
+            pre = torch.baddbmm(self.biases[i], hidden, self.weights[i])
+            hidden = self._activate(pre, i)
+            pre_activations.append(pre)
+            outputs.append(hidden)
+            stream = self.mask_streams[i]
+            # The masks hpo.dropout.Dropout gives each member alone. Pass-through layers
+            # and members without dropout keep every element.
+            mask = None if stream is None else stream.masks(self.n_steps_done, hidden.shape[1], hidden.shape[2], hidden.device)
+            if mask is not None:
+                hidden = hidden * mask
+            masks.append(mask)
+            inputs.append(hidden)
+        logits = torch.baddbmm(self.biases[self.depth], hidden, self.weights[self.depth])
+        losses, grad = self._losses_and_gradient(logits, target)
+
+        for i in range(self.depth, -1, -1):
+            product_into(self.weight_grads[i], inputs[i].transpose(1, 2), grad)
+            sum_into(self.bias_grads[i], grad, 1)
+            if i == 0:
+                break
+            grad = torch.bmm(grad, self.weights[i].transpose(1, 2))
+            mask = masks[i - 1]
+            if mask is not None:
+                grad = grad * mask
+            grad = self._derivative(grad, pre_activations[i - 1], outputs[i - 1], i - 1)
+        self._step()
+        return losses
+
+    def _losses_and_gradient(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # logits: [K, B, outputs]; target: [K, B]. Returns each member's batch loss [K] and the
+        # gradient of their sum w.r.t. the logits, so each member gets its own loss's gradient.
+        rows = logits.shape[1]
         if self.is_regression:
-            return ((outputs.squeeze(2) - target) ** 2).mean(dim=1)
+            difference = logits.squeeze(2) - target
+            return difference.square().mean(dim=1), difference.mul(2.0 / rows).unsqueeze(2)
         assert self.class_weights is not None
-        # cross_entropy takes [N, classes, d]: here N = members, d = rows of the batch.
-        row_losses = functional.cross_entropy(outputs.transpose(1, 2), target, reduction="none")
+        log_probabilities = torch.log_softmax(logits, 2)
+        row_losses = -log_probabilities.gather(2, target.unsqueeze(2)).squeeze(2)  # [K, B]
+        minus_ones = torch.full(target.shape + (1,), -1.0, dtype=logits.dtype, device=logits.device)
+        grad = log_probabilities.exp().scatter_add_(2, target.unsqueeze(2), minus_ones)  # softmax - one-hot
         if not self.is_weighted:
-            return row_losses.mean(dim=1)
-        row_weights = torch.gather(self.class_weights, 1, target)
+            return row_losses.mean(dim=1), grad.div_(rows)
         # A weighted mean, as nn.CrossEntropyLoss(weight=...) takes it; unweighted members have weights 1.
-        return (row_losses * row_weights).sum(dim=1) / row_weights.sum(dim=1)
+        row_weights = torch.gather(self.class_weights, 1, target)
+        totals = row_weights.sum(dim=1)
+        return (row_losses * row_weights).sum(dim=1) / totals, grad.mul_((row_weights / totals.unsqueeze(1)).unsqueeze(2))
 
     def write_back(self) -> None:
         """Copy each member's unpadded parameters and optimizer state back into the member."""
@@ -377,23 +426,14 @@ class _Stack:
         """Return the blocks of a flat buffer: the weights of each layer, then the biases."""
         return [flat[start:end].view(shape) for start, end, shape in zip(self.block_starts, self.block_starts[1:], self.block_shapes, strict=False)]
 
-    def _forward(self, x: torch.Tensor, *, training: bool) -> torch.Tensor:
-        # x: [K, B, inputs] (each member's own batch) or [rows, inputs] (shared by all members).
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return every member's outputs [K, rows, outputs] for rows shared by all members ([rows, inputs]), without dropout."""
         hidden = x
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if hidden.dim() == 2:
-                hidden = torch.matmul(hidden, weight) + bias  # [rows, in] @ [K, in, out] -> [K, rows, out]
-            else:
-                hidden = torch.baddbmm(bias, hidden, weight)
+            hidden = torch.matmul(hidden, weight) + bias  # [rows, in] @ [K, in, out] -> [K, rows, out]
             if i == self.depth:
                 return hidden
             hidden = self._activate(hidden, i)
-            if training and self.has_dropout[i]:
-                keep = self.keep[i]
-                # NOTE: the masks of all members come from torch's global generator, so a member
-                # with dropout does not repeat its lone run, and its curve depends on its pack mates.
-                mask = torch.rand_like(hidden) < keep
-                hidden = hidden * mask / keep
         return hidden
 
     def _activate(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
@@ -401,6 +441,12 @@ class _Stack:
         if len(slices) == 1:
             return _ACTIVATIONS[slices[0][0]](hidden)
         return torch.cat([_ACTIVATIONS[name](hidden[start:end]) for name, start, end in slices])
+
+    def _derivative(self, grad: torch.Tensor, pre: torch.Tensor, out: torch.Tensor, layer: int) -> torch.Tensor:
+        slices = self.activation_slices[layer]
+        if len(slices) == 1:
+            return _derivative(slices[0][0], grad, pre, out)
+        return torch.cat([_derivative(name, grad[start:end], pre[start:end], out[start:end]) for name, start, end in slices])
 
     @torch.no_grad()
     def _step(self) -> None:
@@ -429,6 +475,10 @@ class _Stack:
         self.second_moments.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
         denominator = (self.second_moments.sqrt() / second_correction).add_(EPS)
         self.flat.sub_(self.lr / first_correction * self.first_moments / denominator)
+
+
+def _derivative(name: str, grad: torch.Tensor, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return grad if name == "identity" else DERIVATIVES[name](grad, pre, out)
 
 
 def _class_weights(config: TrialConfig, data: DeviceData) -> torch.Tensor:

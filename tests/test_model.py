@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from hpo.dropout import Dropout
 from hpo.model import build_mlp, count_parameters
 
 
@@ -17,7 +18,9 @@ def test_build_mlp_layers_in_order() -> None:
     model = build_mlp(_arch())
 
     kinds = [type(layer) for layer in model]
-    assert kinds == [nn.Linear, nn.GELU, nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Linear]
+    # hpo's Dropout is an nn.Dropout with hashed masks (hpo.dropout).
+    assert kinds == [nn.Linear, nn.GELU, Dropout, nn.Linear, nn.GELU, Dropout, nn.Linear]
+    assert all(isinstance(layer, nn.Dropout) for layer in model if isinstance(layer, Dropout))
     assert model(torch.zeros(3, 7)).shape == (3, 2)
 
 

@@ -42,16 +42,16 @@ def _model(config: TrialConfig, seed: int, n_outputs: int = N_CLASSES) -> torch.
 
 
 # Two packs: the Adam family (depths 1 to 3, so the shallower members pass through
-# identity layers) and SGD (depths 1 and 2).
+# identity layers) and SGD (depths 1 and 2). Members with and without dropout mix in both.
 MEMBERS = [
     _config(),
-    _config(hidden=(4, 12), activation="tanh", optimizer="adamw", lr=3e-3, weight_decay=1e-2),
-    _config(hidden=(16, 3), activation="gelu", optimizer="sgd", lr=5e-2, weight_decay=0.0),
+    _config(hidden=(4, 12), activation="tanh", optimizer="adamw", lr=3e-3, weight_decay=1e-2, dropout=0.3),
+    _config(hidden=(16, 3), activation="gelu", optimizer="sgd", lr=5e-2, weight_decay=0.0, dropout=0.1),
     _config(hidden=(7, 8), activation="silu", optimizer="sgd", lr=2e-2, momentum=0.5, weight_decay=1e-3),
     _config(hidden=(9, 2), activation="leaky_relu", optimizer="adam", lr=1e-3, weight_decay=0.0),
-    _config(hidden=(12, 6), class_weight="balanced", optimizer="adamw"),
-    _config(hidden=(10,), activation="tanh", optimizer="adam", lr=5e-3),
-    _config(hidden=(6, 20, 5), activation="relu", optimizer="adamw", lr=2e-3, weight_decay=1e-3),
+    _config(hidden=(12, 6), class_weight="balanced", optimizer="adamw", dropout=0.5),
+    _config(hidden=(10,), activation="tanh", optimizer="adam", lr=5e-3, dropout=0.2),
+    _config(hidden=(6, 20, 5), activation="relu", optimizer="adamw", lr=2e-3, weight_decay=1e-3, dropout=0.25),
     _config(hidden=(3,), activation="relu", optimizer="adam", lr=1e-2),
     _config(hidden=(11,), activation="tanh", optimizer="sgd", lr=3e-2),
 ]

@@ -86,7 +86,11 @@ def test_worker_command_joins_queued_study(tmp_path: Path) -> None:
 
 def test_workers_sigkill_of_one_worker_retries_its_trial(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    process = start_hpo("optimize", "--study", "shared", "--storage", storage, "--n-trials", "4", "--workers", "2", "--device", "cpu", *LONG_SPACE, cwd=tmp_path)
+    # Trials of several seconds, so that the spawned worker starts before the first one has run all four.
+    process = start_hpo(
+        "optimize", "--study", "shared", "--storage", storage, "--n-trials", "4", "--workers", "2", "--device", "cpu",
+        *LONG_SPACE, "--max-epochs", "400", cwd=tmp_path,
+    )
     try:
         # The optimize process is the first worker itself, so the victim is the spawned one.
         victim = wait_for(lambda: running_trial_with_worker("shared", storage, exclude_pid=process.pid), 120, "a running trial of the spawned worker")
