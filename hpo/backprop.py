@@ -62,6 +62,8 @@ class Backprop:
         self.activation = config.activation
         self.regression = regression
         self.class_weights = class_weights
+        # -1 per row, subtracted at each row's target class; kept between steps of one batch size.
+        self._minus_ones: torch.Tensor | None = None
 
         parameters = [tensor for linear in self.linears for tensor in (linear.weight, linear.bias)]
         device = parameters[0].device
@@ -132,7 +134,9 @@ class Backprop:
         # per row, divided by the batch's total weight, as nn.CrossEntropyLoss averages it.
         log_probabilities = torch.log_softmax(logits, 1)
         loss = functional.nll_loss(log_probabilities, target, weight=self.class_weights)
-        grad = log_probabilities.exp().scatter_add_(1, target.unsqueeze(1), _minus_ones(rows, logits))
+        if self._minus_ones is None or self._minus_ones.shape[0] < rows or self._minus_ones.dtype != logits.dtype:
+            self._minus_ones = torch.full((rows, 1), -1.0, dtype=logits.dtype, device=logits.device)
+        grad = log_probabilities.exp().scatter_add_(1, target.unsqueeze(1), self._minus_ones[:rows])
         if self.class_weights is None:
             return loss, grad.div_(rows)
         row_weights = self.class_weights[target]
@@ -158,7 +162,3 @@ def sum_into(out: torch.Tensor, grad: torch.Tensor, dim: int) -> None:
         torch.sum(grad, dim, keepdim=keepdim, out=out)
     else:
         out.copy_(torch.sum(grad, dim, keepdim=keepdim))
-
-
-def _minus_ones(rows: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.full((rows, 1), -1.0, dtype=like.dtype, device=like.device)

@@ -70,6 +70,7 @@ class Stepper:
         self.second_moments = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self.momentum_buffers: list[torch.Tensor | None] = [None] * len(self.params)
         self._fused_works = False
+        self._one_group = len({(p.device, p.dtype) for p in self.params}) == 1
 
     def zero_grad(self) -> None:
         """Drop the gradients, so that the next backward pass writes fresh ones."""
@@ -114,6 +115,18 @@ class Stepper:
             # sgd() creates the momentum buffers on the first step, in the list it was given.
             for i, buffer in zip(chosen, buffers, strict=True):
                 self.momentum_buffers[i] = buffer
+            return
+
+        if fused and self._fused_works and len(chosen) == len(self.params) and self._one_group:
+            # The two calls of torch.optim's fused path, without its regrouping of the tensors
+            # by device and dtype at every step, which took 20 us of a 30 us step for one tensor.
+            torch._foreach_add_(self.steps, 1)
+            kernel = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
+            kernel(
+                params, grads, self.first_moments, self.second_moments, [], self.steps,
+                amsgrad=False, lr=self.lr, beta1=BETA1, beta2=BETA2, weight_decay=self.weight_decay, eps=EPS,
+                maximize=False, grad_scale=None, found_inf=None,
+            )
             return
 
         update = adamw if self.kind == "adamw" else adam
