@@ -5,7 +5,8 @@ a 7-64-32-2 network's step took 330 us, of which autograd's backward pass took 1
 the optimizer 73 us for its six tensors. Here the backward pass calls the same kernels
 autograd would (matrix products, column sums, torch's own activation derivatives), and
 the parameters live in one flat buffer, so the optimizer runs one fused update per step.
-An epoch at batch 128 took 0.6x the time of the autograd loop, and at batch 2048 0.8x.
+With the same dropout, an epoch of one such network took about 0.65x the time of the
+autograd loop at batch 128, and about 0.9x at batch 2048.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ DERIVATIVES: dict[str, _Derivative] = {
     "silu": lambda grad, pre, _: torch.ops.aten.silu_backward(grad, pre),
     "leaky_relu": lambda grad, pre, _: torch.ops.aten.leaky_relu_backward(grad, pre, 0.01, False),
 }
-_FORWARDS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": torch.relu,
     "tanh": torch.tanh,
     "gelu": functional.gelu,
@@ -54,16 +55,13 @@ class Backprop:
     def __init__(self, model: nn.Sequential, config: TrialConfig, *, regression: bool, class_weights: torch.Tensor | None) -> None:
         if config.activation not in DERIVATIVES:
             raise ValueError(f"unknown activation {config.activation!r}; choose from {', '.join(DERIVATIVES)}")
-        self.model = model
         self.linears = [module for module in model if isinstance(module, nn.Linear)]
         dropouts = [module for module in model if isinstance(module, Dropout)]
-        # One Dropout per hidden layer, or none at all (build_mlp's layout).
+        # build_mlp gives every hidden layer a Dropout, or none at all.
         self.dropouts: list[Dropout | None] = dropouts if dropouts else [None] * (len(self.linears) - 1)
         self.activation = config.activation
         self.regression = regression
         self.class_weights = class_weights
-        # -1 per row, subtracted at each row's target class; kept between steps of one batch size.
-        self._minus_ones: torch.Tensor | None = None
 
         parameters = [tensor for linear in self.linears for tensor in (linear.weight, linear.bias)]
         device = parameters[0].device
@@ -87,7 +85,7 @@ class Backprop:
     @torch.no_grad()
     def step(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Take one optimizer step on a batch and return its mean training loss (0-dim, on the device)."""
-        activate = _FORWARDS[self.activation]
+        activate = ACTIVATIONS[self.activation]
         inputs, pre_activations, outputs, masks = [x], [], [], []
         hidden = x
         for linear, dropout in zip(self.linears[:-1], self.dropouts, strict=True):
@@ -95,7 +93,7 @@ class Backprop:
             hidden = activate(pre)
             pre_activations.append(pre)
             outputs.append(hidden)
-            mask = None if dropout is None or dropout.p == 0.0 else dropout.next_mask(hidden)
+            mask = None if dropout is None else dropout.next_mask(hidden)
             if mask is not None:
                 hidden = hidden * mask
             masks.append(mask)
@@ -134,9 +132,7 @@ class Backprop:
         # per row, divided by the batch's total weight, as nn.CrossEntropyLoss averages it.
         log_probabilities = torch.log_softmax(logits, 1)
         loss = functional.nll_loss(log_probabilities, target, weight=self.class_weights)
-        if self._minus_ones is None or self._minus_ones.shape[0] < rows or self._minus_ones.dtype != logits.dtype:
-            self._minus_ones = torch.full((rows, 1), -1.0, dtype=logits.dtype, device=logits.device)
-        grad = log_probabilities.exp().scatter_add_(1, target.unsqueeze(1), self._minus_ones[:rows])
+        grad = log_probabilities.exp().scatter_(1, target.unsqueeze(1), -1.0, reduce="add")
         if self.class_weights is None:
             return loss, grad.div_(rows)
         row_weights = self.class_weights[target]

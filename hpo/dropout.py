@@ -23,11 +23,11 @@ _logger = logging.getLogger(__name__)
 
 _MASK32 = 0xFFFFFFFF
 # The multipliers of the "lowbias32" integer hash, a variant of MurmurHash3's finalizer
-# with lower bias; each output bit depends on every input bit.
+# with lower bias, in which each output bit depends on every input bit.
 _MULTIPLIER_1 = 0x7FEB352D
 _MULTIPLIER_2 = 0x846CA68B
 # A row's elements are numbered row * ROW_STRIDE + column, so that a unit's number does not
-# depend on how wide the layer is padded in a pack. It is hpo.space.MAX_UNITS.
+# depend on how wide the layer is padded in a pack. It equals hpo.space.MAX_UNITS.
 ROW_STRIDE = 8192
 # Keys of one step differ per layer, for up to hpo.space.MAX_LAYERS (16) layers.
 _LAYER_SLOTS = 16
@@ -56,7 +56,7 @@ def mix_tensor(values: torch.Tensor) -> torch.Tensor:
 
 
 def mix_tensor_(values: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """``mix_tensor`` in place, on a contiguous int32 tensor; returns ``values``.
+    """Hash a contiguous int32 tensor in place, as ``mix_tensor`` does, and return it.
 
     Products wrap around in int32 as unsigned ones do, and the right shifts are made
     logical by masking off the copied sign bits. In-place steps with one scratch tensor
@@ -94,7 +94,7 @@ def scaled_masks_(hashes: torch.Tensor, bounds: torch.Tensor | int, scales: torc
     sign shift, since comparing and converting a bool tensor took three times as long.
     ``hashes`` is overwritten; ``bounds`` and ``scales`` broadcast against it.
     """
-    hashes.bitwise_right_shift_(1).sub_(bounds + 1).bitwise_right_shift_(31)  # -1 where kept, else 0
+    hashes.bitwise_right_shift_(1).sub_(bounds + 1).bitwise_right_shift_(31)  # now -1 where kept and 0 where dropped
     return hashes.to(torch.float32).mul_(-scales)
 
 
@@ -102,15 +102,15 @@ def scaled_masks_(hashes: torch.Tensor, bounds: torch.Tensor | int, scales: torc
 def element_numbers(rows: int, columns: int, device: torch.device) -> torch.Tensor:
     """Return the int32 numbers ``row * ROW_STRIDE + column`` of a ``rows x columns`` matrix.
 
-    Cached, since every step of an epoch requests the same shapes; callers must not
+    Cached, since every step of an epoch requests the same shapes. Callers must not
     change the tensor in place.
     """
     row_starts = torch.arange(rows, dtype=torch.int32, device=device) * ROW_STRIDE
     return row_starts.unsqueeze(1) + torch.arange(columns, dtype=torch.int32, device=device)
 
 
-# Maximum number of mask elements made at once (4 MiB of float32): the hash runs over many steps at
-# a time, since a dozen small operations per step cost more than the arithmetic at batch 128.
+# Maximum number of mask elements made at once (4 MiB of float32). The hash runs over many steps
+# at a time, because a dozen small operations per step cost more than the arithmetic at batch 128.
 _CHUNK_ELEMENTS = 2**20
 
 
@@ -144,7 +144,7 @@ class MaskStream:
         ):
             masks = self._masks = self._make(step, rows, columns, device)
             self._chunk_start = step
-        # A shorter last batch takes the first rows: element numbers do not depend on the row count.
+        # A shorter last batch takes the first rows, because element numbers do not depend on the row count.
         return masks[step - self._chunk_start, :, :rows]
 
     def _make(self, step: int, rows: int, columns: int, device: torch.device) -> torch.Tensor:
@@ -159,12 +159,12 @@ class MaskStream:
             self._buffers = (torch.empty(shape, dtype=torch.int32, device=device), torch.empty(shape, dtype=torch.int32, device=device))
         hashes, scratch = self._buffers
         torch.bitwise_xor(element_numbers(rows, columns, device), keys, out=hashes)
-        # The masks are new each time: a step's masks stay in its autograd graph.
+        # The masks are new each time, because a step's masks stay in its autograd graph.
         return scaled_masks_(mix_tensor_(hashes, scratch), bounds, scales)
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` with hashed masks; identical to it outside training.
+    """An ``nn.Dropout`` with hashed masks, identical to it outside training.
 
     ``start`` gives it the trial's seed and its hidden layer's index, and the masks then
     depend on those and on the count of training calls since. Without ``start``, it

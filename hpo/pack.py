@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional
 
 from hpo import dropout
-from hpo.backprop import DERIVATIVES, product_into, sum_into
+from hpo.backprop import ACTIVATIONS, DERIVATIVES, product_into, sum_into
 from hpo.engine import DeviceData, EpochStats, NonFiniteLossError, TrainResult, make_loss
 from hpo.metrics import METRICS, REGRESSION, Metric, compute_metric
 from hpo.optimizers import BETA1, BETA2, EPS
@@ -40,15 +40,8 @@ _logger = logging.getLogger(__name__)
 # Largest member x row x unit count of one evaluation chunk (64 MiB of float32).
 _EVAL_CHUNK_ELEMENTS = 2**24
 
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": functional.relu,
-    "tanh": torch.tanh,
-    "gelu": functional.gelu,
-    "silu": functional.silu,
-    "leaky_relu": functional.leaky_relu,
-    # A shallower member's pass-through layers.
-    "identity": lambda hidden: hidden,
-}
+# A shallower member's pass-through layers use "identity".
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {**ACTIVATIONS, "identity": lambda hidden: hidden}
 
 PackKey = tuple[int, str]
 
@@ -356,7 +349,7 @@ class _Stack:
 
     @torch.no_grad()
     def _train_step(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Take one step of every member on its batch (x: [K, B, inputs]); return each member's batch loss [K].
+        """Take one step of every member on its own batch (x: [K, B, inputs]) and return each member's batch loss [K].
 
         The backward pass is written out as in ``hpo.backprop``, with batched products.
         """
@@ -392,8 +385,8 @@ class _Stack:
         return losses
 
     def _losses_and_gradient(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # logits: [K, B, outputs]; target: [K, B]. Returns each member's batch loss [K] and the
-        # gradient of their sum w.r.t. the logits, so each member gets its own loss's gradient.
+        # logits: [K, B, outputs], target: [K, B]. Returns each member's batch loss [K] and the
+        # gradient of their sum w.r.t. the logits, which is each member's own loss gradient.
         rows = logits.shape[1]
         if self.is_regression:
             difference = logits.squeeze(2) - target
@@ -401,8 +394,7 @@ class _Stack:
         assert self.class_weights is not None
         log_probabilities = torch.log_softmax(logits, 2)
         row_losses = -log_probabilities.gather(2, target.unsqueeze(2)).squeeze(2)  # [K, B]
-        minus_ones = torch.full(target.shape + (1,), -1.0, dtype=logits.dtype, device=logits.device)
-        grad = log_probabilities.exp().scatter_add_(2, target.unsqueeze(2), minus_ones)  # softmax - one-hot
+        grad = log_probabilities.exp().scatter_(2, target.unsqueeze(2), -1.0, reduce="add")  # softmax - one-hot
         if not self.is_weighted:
             return row_losses.mean(dim=1), grad.div_(rows)
         # A weighted mean, as nn.CrossEntropyLoss(weight=...) takes it; unweighted members have weights 1.
@@ -451,8 +443,8 @@ class _Stack:
     def _derivative(self, grad: torch.Tensor, pre: torch.Tensor, out: torch.Tensor, layer: int) -> torch.Tensor:
         slices = self.activation_slices[layer]
         if len(slices) == 1:
-            return _derivative(slices[0][0], grad, pre, out)
-        return torch.cat([_derivative(name, grad[start:end], pre[start:end], out[start:end]) for name, start, end in slices])
+            return _activation_derivative(slices[0][0], grad, pre, out)
+        return torch.cat([_activation_derivative(name, grad[start:end], pre[start:end], out[start:end]) for name, start, end in slices])
 
     @torch.no_grad()
     def _step(self) -> None:
@@ -483,7 +475,7 @@ class _Stack:
         self.flat.sub_(self.lr / first_correction * self.first_moments / denominator)
 
 
-def _derivative(name: str, grad: torch.Tensor, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _activation_derivative(name: str, grad: torch.Tensor, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return grad if name == "identity" else DERIVATIVES[name](grad, pre, out)
 
 

@@ -37,12 +37,12 @@ def test_keep_rate_and_scale(p: float) -> None:
 
     masks = torch.stack([stream.masks(step, 512, 64, torch.device("cpu"))[0] for step in range(16)])
 
-    kept = masks > 0
+    is_kept = masks > 0
     assert masks.unique().tolist() == [0.0, pytest.approx(1 / (1 - p))]
-    assert kept.double().mean().item() == pytest.approx(1 - p, abs=0.004)
+    assert is_kept.double().mean().item() == pytest.approx(1 - p, abs=0.004)
     # No unit or row is kept much more often than the others (a weak hash would show stripes).
-    per_unit = kept.double().mean(dim=(0, 1))
-    per_row = kept.double().mean(dim=(0, 2))
+    per_unit = is_kept.double().mean(dim=(0, 1))
+    per_row = is_kept.double().mean(dim=(0, 2))
     assert (per_unit - (1 - p)).abs().max().item() < 0.03
     assert (per_row - (1 - p)).abs().max().item() < 0.06
     # Scaled by 1 / keep, the mask leaves the mean of what passes through unchanged.
@@ -64,7 +64,7 @@ def test_masks_depend_on_seed_step_and_layer_only() -> None:
     assert not torch.equal(mask(1, 5, 0), mask(1, 5, 1))
 
 
-def test_short_batch_takes_the_first_rows_of_a_full_one() -> None:
+def test_short_batch_mask_is_prefix() -> None:
     full = MaskStream([3], [0.5], [0], 0).masks(2, 128, 16, torch.device("cpu"))
     short = MaskStream([3], [0.5], [0], 0).masks(2, 30, 16, torch.device("cpu"))
 
@@ -83,7 +83,7 @@ def test_pack_stream_gives_each_member_its_lone_masks() -> None:
     assert torch.equal(masks[1], torch.ones(64, 8))
 
 
-def test_module_is_identity_outside_training_and_seeded_in_training() -> None:
+def test_module_eval_identity_train_seeded() -> None:
     hidden = torch.randn(50, 10)
     layer = Dropout(0.4)
 

@@ -147,7 +147,7 @@ def test_pack_non_finite_member_reports_error() -> None:
     assert outcomes[broken.tag].error.epoch == 0
 
 
-def test_pack_adam_with_l2_decay_stays_with_lone_run() -> None:
+def test_pack_adam_l2_decay_matches_lone() -> None:
     # Adam with L2 decay moves a weight with almost no gradient by about lr per step, so a
     # small rounding difference in the bias corrections grows over a few hundred steps.
     data = _data(n_rows=2100, n_train=2000)
